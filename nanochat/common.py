@@ -58,3 +58,116 @@ def autodetect_device_type() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+# -------------------------------------------------------------------------------------------------
+# Distributed set-up, precision and peak FLOP/s
+
+
+def is_distributed() -> bool:
+    """True when launched by torchrun (it sets RANK and WORLD_SIZE)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def compute_init(device_type: str = "auto", seed: int = 42):
+    """Seed, pick the device and, under torchrun, join the process group (NCCL on CUDA, gloo
+    otherwise). Returns (ddp, rank, local_rank, world_size, device)."""
+    import torch
+    import torch.distributed as dist
+
+    if device_type == "auto":
+        device_type = autodetect_device_type()
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device-type=cuda but no CUDA device is available; use --device-type=cpu")
+    torch.manual_seed(seed)
+    ddp = is_distributed()
+    rank, world_size = get_rank(), get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device(device_type)
+    if ddp and not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, device_id=device if device_type == "cuda" else None)
+        dist.barrier()
+    return ddp, rank, local_rank, world_size, device
+
+
+def compute_cleanup() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # gloo can abort if one rank tears down while another still works
+        dist.destroy_process_group()
+
+
+# Dense peak FLOP/s of known GPUs in bf16 (vendor datasheets, without sparsity)
+GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "B200": 2250e12, "A100": 312e12, "A10": 125e12,
+                  "L40S": 362e12, "L4": 121e12, "4090": 165e12, "3090": 71e12}
+
+
+def _measure_matmul_flops(dtype, n: int = 1024, seconds: float = 1.0) -> float:
+    import time
+
+    import torch
+
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    iters, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        iters += 1
+    return 2 * n**3 * iters / (time.perf_counter() - t0)
+
+
+def cpu_matmul_peaks() -> dict[str, float]:
+    """Measured matmul FLOP/s of this CPU in float32 and bfloat16, cached in <base>/cpu_peak.json
+    (keyed by CPU model and thread count; delete the file to measure again)."""
+    import json
+    import platform
+
+    import torch
+
+    key = f"{platform.processor() or platform.machine()}|{os.cpu_count()}|{torch.get_num_threads()}"
+    path = get_base_dir() / "cpu_peak.json"
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["flops"]
+    except (OSError, ValueError, KeyError):
+        pass
+    flops = {"float32": _measure_matmul_flops(torch.float32), "bfloat16": _measure_matmul_flops(torch.bfloat16)}
+    path.write_text(json.dumps({"key": key, "flops": flops}, indent=2))
+    return flops
+
+
+def peak_flops(device_type: str, dtype_name: str) -> float | None:
+    """Peak FLOP/s per device for MFU: datasheet numbers for known GPUs, a measurement on CPU."""
+    import torch
+
+    if device_type == "cuda":
+        name = torch.cuda.get_device_name(0)
+        for key, value in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return value if dtype_name != "float32" else value / 2
+        return None
+    if device_type == "cpu":
+        return cpu_matmul_peaks().get(dtype_name)
+    return None
+
+
+def autodetect_dtype(device_type: str) -> str:
+    """bfloat16 on CUDA SM80+ and on CPUs whose bf16 matmul is faster than fp32; else float32."""
+    import torch
+
+    if device_type == "cuda":
+        return "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float32"
+    if device_type == "cpu":
+        peaks = cpu_matmul_peaks()
+        return "bfloat16" if peaks["bfloat16"] > 1.2 * peaks["float32"] else "float32"
+    return "float32"
