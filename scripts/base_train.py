@@ -1,0 +1,295 @@
+"""Pretrain the base model on the pretraining shards.
+
+    python -m scripts.base_train --depth=4 --max-seq-len=256 --device-batch-size=8 \
+        --total-batch-size=8192 --num-iterations=200 --eval-every=50        # CPU, minutes
+    torchrun --standalone --nproc_per_node=8 -m scripts.base_train -- --depth=20   # 8 GPUs
+    python -m scripts.base_train --depth=4 ... --resume                     # continue the last run
+
+One dial: --depth sets width (64·depth), heads, and through the tokens:params ratio the horizon.
+Checkpoints go to <base>/base_checkpoints/d<depth>/step_NNNNNN/.
+"""
+
+import argparse
+import json
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from nanochat.checkpoint_manager import (CheckpointError, committed_steps, load_checkpoint, restore_rank_state,
+                                         save_checkpoint, stage_dir)
+from nanochat.common import (autodetect_dtype, compute_cleanup, compute_init, peak_flops, print0, setup_logging)
+from nanochat.dataloader import tokenizing_distributed_data_loader
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.loss_eval import evaluate_bpb
+from nanochat.report import log_section
+from nanochat.tokenizer import get_token_bytes, get_tokenizer
+
+# -------------------------------------------------------------------------------------------------
+parser = argparse.ArgumentParser(description="Pretrain the base model.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("--run", default="dummy", help="wandb run name ('dummy' = no wandb)")
+parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
+parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="autocast dtype for matmuls (weights and optimizer state stay float32)")
+parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on for CUDA)")
+# model
+parser.add_argument("--depth", type=int, default=20, help="the one dial: layers; width = 64*depth")
+parser.add_argument("--head-dim", type=int, default=128, help="target attention head size")
+parser.add_argument("--max-seq-len", type=int, default=2048, help="context length")
+parser.add_argument("--activation-checkpointing", action="store_true", help="recompute activations to save memory")
+# horizon: the first one set wins
+parser.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = derive)")
+parser.add_argument("--target-flops", type=float, default=-1.0, help="total training FLOPs (-1 = off)")
+parser.add_argument("--target-param-data-ratio", type=float, default=20, help="tokens per parameter (-1 = off)")
+# batch
+parser.add_argument("--device-batch-size", type=int, default=32, help="sequences per forward pass per process")
+parser.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step (all processes)")
+# optimization
+parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embedding (scaled by width)")
+parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of the head (scaled by width)")
+parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr of the block matrices")
+parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+parser.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of steps of linear LR warmup")
+parser.add_argument("--warmdown-ratio", type=float, default=0.2, help="fraction of steps of linear LR warmdown")
+parser.add_argument("--final-lr-frac", type=float, default=0.0, help="LR multiplier at the end of warmdown")
+# evaluation, sampling, checkpoints
+parser.add_argument("--eval-every", type=int, default=250, help="val bits-per-byte every N steps (-1 = only at the end)")
+parser.add_argument("--eval-tokens", type=int, default=20 * 524288, help="tokens of validation text per evaluation")
+parser.add_argument("--sample-every", type=int, default=2000, help="print samples every N steps (-1 = only at the end)")
+parser.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (always at the end)")
+parser.add_argument("--model-tag", default=None, help="checkpoint directory name (default d<depth>)")
+parser.add_argument("--resume", action="store_true", help="continue from the last committed checkpoint of this model tag")
+parser.add_argument("--seed", type=int, default=42, help="seed of the initialisation")
+args = parser.parse_args()
+
+for name in ("depth", "head_dim", "max_seq_len", "device_batch_size", "total_batch_size", "eval_tokens"):
+    if getattr(args, name) <= 0:
+        parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+for name in ("warmup_ratio", "warmdown_ratio", "final_lr_frac"):
+    if not 0.0 <= getattr(args, name) <= 1.0:
+        parser.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+if args.warmup_ratio + args.warmdown_ratio > 1.0:
+    parser.error("--warmup-ratio + --warmdown-ratio must not exceed 1")
+setup_logging()
+
+# -------------------------------------------------------------------------------------------------
+ddp, rank, local_rank, world_size, device = compute_init(args.device_type, seed=args.seed)
+master = rank == 0
+device_type = device.type
+dtype_name = autodetect_dtype(device_type) if args.dtype == "auto" else args.dtype
+autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype_name == "bfloat16" else nullcontext())
+use_compile = args.compile == "on" or (args.compile == "auto" and device_type == "cuda")
+sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+
+wandb_run = None
+if args.run != "dummy" and master:
+    import wandb  # only when asked for: WANDB_MODE=offline works without network
+
+    wandb_run = wandb.init(project="nanochat", name=args.run, config=vars(args))
+
+# -------------------------------------------------------------------------------------------------
+# model, derived from --depth and the tokenizer
+tokenizer = get_tokenizer()
+token_bytes = get_token_bytes(device)
+config = GPTConfig.from_depth(args.depth, tokenizer.vocab_size, sequence_len=args.max_seq_len, head_dim=args.head_dim)
+with torch.device("meta"):
+    model = GPT(config)
+model.to_empty(device=device)
+model.init_weights()
+model.set_activation_checkpointing(args.activation_checkpointing)
+num_params = model.num_scaling_params()
+flops_per_token = model.estimate_flops()
+print0(f"model: depth {config.n_layer}, width {config.n_embd}, {config.n_head} heads of {config.head_dim}, "
+       f"seq {config.sequence_len}, vocab {config.vocab_size:,}: {num_params:,} parameters, "
+       f"{flops_per_token:.3e} FLOPs/token")
+
+# horizon: --num-iterations, else --target-flops, else --target-param-data-ratio
+if args.num_iterations > 0:
+    num_iterations, horizon_from = args.num_iterations, "--num-iterations"
+elif args.target_flops > 0:
+    num_iterations = round(args.target_flops / (flops_per_token * args.total_batch_size))
+    horizon_from = f"--target-flops={args.target_flops:.3e}"
+elif args.target_param_data_ratio > 0:
+    num_iterations = int(args.target_param_data_ratio * num_params) // args.total_batch_size
+    horizon_from = f"--target-param-data-ratio={args.target_param_data_ratio}"
+else:
+    parser.error("set one of --num-iterations, --target-flops or --target-param-data-ratio")
+num_iterations = max(1, num_iterations)
+tokens_per_fwdbwd = args.device_batch_size * args.max_seq_len * world_size
+if args.total_batch_size % tokens_per_fwdbwd != 0:
+    parser.error(f"--total-batch-size={args.total_batch_size:,} is not divisible by device_batch_size × max_seq_len × "
+                 f"processes = {args.device_batch_size} × {args.max_seq_len} × {world_size} = {tokens_per_fwdbwd:,}; "
+                 f"use a multiple of {tokens_per_fwdbwd:,}")
+grad_accum_steps = args.total_batch_size // tokens_per_fwdbwd
+total_tokens = num_iterations * args.total_batch_size
+print0(f"horizon: {num_iterations:,} steps from {horizon_from}; {total_tokens:,} tokens "
+       f"({total_tokens / num_params:.1f} per parameter), {flops_per_token * total_tokens:.3e} FLOPs")
+print0(f"batch: {args.total_batch_size:,} tokens/step = {args.device_batch_size} seqs × {args.max_seq_len} × "
+       f"{world_size} processes × {grad_accum_steps} accumulation steps")
+print0(f"device {device}, dtype {dtype_name}, compile {use_compile}, distributed {ddp}")
+
+optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
+                                    matrix_lr=args.matrix_lr, weight_decay=args.weight_decay, compile=use_compile)
+muon = optimizers[1]
+orig_model = model
+if use_compile:
+    model = torch.compile(model, dynamic=False)
+
+# -------------------------------------------------------------------------------------------------
+# resume
+model_tag = args.model_tag or f"d{args.depth}"
+checkpoint_dir = stage_dir("base") / model_tag
+start_step, loop_state, loader_cursor = 0, {}, None
+if args.resume:
+    steps = committed_steps(checkpoint_dir)
+    if not steps:
+        print0(f"--resume: no committed checkpoint in {checkpoint_dir}; starting from scratch")
+    else:
+        try:
+            model_state, rank_part, meta = load_checkpoint(checkpoint_dir, steps[-1], device, rank=rank)
+            if meta["model_config"] != config.to_dict():
+                raise CheckpointError(f"{checkpoint_dir} holds a model {meta['model_config']}, the flags give "
+                                      f"{config.to_dict()}: use the same --depth/--max-seq-len/--head-dim")
+            if meta["world_size"] != world_size:
+                raise CheckpointError(f"the checkpoint was written by {meta['world_size']} processes, this run has "
+                                      f"{world_size}: resume with the same number of processes")
+            orig_model.load_state_dict(model_state, strict=True)
+            rank_state = restore_rank_state(rank_part, optimizers)
+        except CheckpointError as e:
+            print0(f"cannot resume: {e}")
+            sys.exit(1)
+        start_step, loop_state, loader_cursor = meta["step"], meta["loop_state"], rank_state["dataloader"]
+        print0(f"resumed from {checkpoint_dir}/step_{start_step:06d}")
+
+# -------------------------------------------------------------------------------------------------
+# data
+train_loader = tokenizing_distributed_data_loader(tokenizer, args.device_batch_size, args.max_seq_len, "train",
+                                                  device=device, resume_state=loader_cursor)
+eval_steps = max(1, args.eval_tokens // (args.device_batch_size * args.max_seq_len * world_size))
+x, y, loader_state = next(train_loader)
+pending_cursor = loader_cursor  # cursor that reproduces the pending batch (x, y) when resuming
+
+
+def lr_multiplier(step: int) -> float:
+    """Linear warmup, constant, linear warmdown to --final-lr-frac."""
+    warmup, warmdown = round(args.warmup_ratio * num_iterations), round(args.warmdown_ratio * num_iterations)
+    if step < warmup:
+        return (step + 1) / warmup
+    if step <= num_iterations - warmdown:
+        return 1.0
+    progress = (num_iterations - step) / warmdown
+    return progress + (1 - progress) * args.final_lr_frac
+
+
+def muon_momentum(step: int) -> float:
+    """0.85 -> 0.95 over the first 300 steps."""
+    frac = min(step / 300, 1.0)
+    return (1 - frac) * 0.85 + frac * 0.95
+
+
+SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
+                  "The opposite of hot is", "The planets of the solar system are:", "My favorite color is", "If 5*x + 3 = 13, then x is"]
+peak = peak_flops(device_type, dtype_name)
+
+# -------------------------------------------------------------------------------------------------
+# the loop: one exit, evaluation and saving on the last step like any other
+step = start_step
+smooth_loss = loop_state.get("smooth_loss", 0.0)
+total_time = loop_state.get("total_time", 0.0)
+val_bpb = loop_state.get("val_bpb")
+min_val_bpb = loop_state.get("min_val_bpb", float("inf"))
+history = loop_state.get("history", {"step": [], "train_loss": [], "val_step": [], "val_bpb": []})
+while True:
+    last_step = step == num_iterations
+    if last_step or (args.eval_every > 0 and step % args.eval_every == 0):
+        model.eval()
+        val_loader = tokenizing_distributed_data_loader(tokenizer, args.device_batch_size, args.max_seq_len, "val",
+                                                        device=device)
+        val_bpb = evaluate_bpb(model, val_loader, eval_steps, token_bytes, autocast)
+        min_val_bpb = min(min_val_bpb, val_bpb)
+        history["val_step"].append(step)
+        history["val_bpb"].append(val_bpb)
+        print0(f"step {step:05d}/{num_iterations:05d} | val bpb {val_bpb:.4f}")
+        if wandb_run:
+            wandb_run.log({"step": step, "val/bpb": val_bpb})
+        model.train()
+
+    if master and (last_step or (args.sample_every > 0 and step > 0 and step % args.sample_every == 0)):
+        orig_model.eval()
+        for prompt in SAMPLE_PROMPTS:
+            ids = tokenizer.encode(prompt, prepend="<|bos|>")
+            with autocast:
+                out = list(orig_model.generate(ids, max_tokens=16, temperature=0))
+            print0(f"sample: {tokenizer.decode(ids[1:] + out)!r}")
+        orig_model.train()
+
+    if last_step or (args.save_every > 0 and step % args.save_every == 0 and step != start_step):
+        loop = {"smooth_loss": smooth_loss, "total_time": total_time, "val_bpb": val_bpb, "min_val_bpb": min_val_bpb,
+                "history": history}
+        save_checkpoint(checkpoint_dir, step, orig_model, optimizers,
+                        {"model_config": config.to_dict(), "args": vars(args), "loop_state": loop,
+                         "num_iterations": num_iterations},
+                        rank_state={"dataloader": pending_cursor}, rank=rank, world_size=world_size)
+
+    if last_step:
+        break
+
+    # --- one optimizer step -------------------------------------------------------------------
+    sync()
+    t0 = time.time()
+    try:
+        for _ in range(grad_accum_steps):
+            with autocast:
+                loss = model(x, y)
+            train_loss = loss.detach()
+            (loss / grad_accum_steps).backward()
+            pending_cursor = loader_state
+            x, y, loader_state = next(train_loader)
+        lrm = lr_multiplier(step)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lrm
+        for group in muon.param_groups:
+            group["momentum"] = muon_momentum(step)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+    except torch.OutOfMemoryError:
+        print0(f"out of memory at --device-batch-size={args.device_batch_size}: try "
+               f"--device-batch-size={max(1, args.device_batch_size // 2)} (gradient accumulation keeps the total batch)")
+        sys.exit(1)
+    sync()
+    dt = time.time() - t0
+    step += 1
+
+    # --- logging ------------------------------------------------------------------------------
+    beta = 0.9
+    smooth_loss = beta * smooth_loss + (1 - beta) * train_loss.item()
+    debiased = smooth_loss / (1 - beta**step)  # EMA debiased; smooth_loss is restored on resume
+    if step > start_step + 1 or start_step > 0:
+        total_time += dt  # the first step of a process includes warm-up / compilation
+    tok_per_s = args.total_batch_size / dt
+    mfu = 100 * flops_per_token * tok_per_s / (peak * world_size) if peak else float("nan")
+    eta = (num_iterations - step) * (total_time / max(1, step - start_step - 1)) if step - start_step > 1 else float("nan")
+    history["step"].append(step)
+    history["train_loss"].append(debiased)
+    print0(f"step {step:05d}/{num_iterations:05d} ({100 * step / num_iterations:5.1f}%) | loss {debiased:.6f} | "
+           f"lrm {lrm:.2f} | dt {dt * 1000:.0f}ms | tok/s {tok_per_s:,.0f} | mfu {mfu:.1f}% | eta {eta / 60:.1f}m")
+    if wandb_run:
+        wandb_run.log({"step": step, "train/loss": debiased, "train/lrm": lrm, "train/tok_per_s": tok_per_s, "train/mfu": mfu})
+
+# -------------------------------------------------------------------------------------------------
+print0(f"done: min val bpb {min_val_bpb:.4f}, training time {total_time / 60:.2f} min")
+log_section("Base model training", [
+    {"depth": args.depth, "parameters": num_params, "flops_per_token": f"{flops_per_token:.3e}",
+     "iterations": num_iterations, "total_batch_size": args.total_batch_size, "tokens": total_tokens,
+     "tokens_per_param": total_tokens / num_params, "dtype": dtype_name, "processes": world_size,
+     "min_val_bpb": min_val_bpb, "final_val_bpb": val_bpb, "training_time_min": total_time / 60},
+])
+if master:
+    # the curves for the report card's plots
+    (stage_dir("base") / model_tag / "history.json").write_text(json.dumps(history))
+if wandb_run:
+    wandb_run.finish()
+compute_cleanup()
