@@ -56,3 +56,13 @@ def run_script(module: str, *args: str, base: Path, nproc: int = 0, timeout: int
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_base_checkpoint(tiny_world):
+    """tiny_world plus a base checkpoint (depth 1, width 64) trained for 6 steps by scripts.base_train:
+    <base>/base_checkpoints/d1/step_000006. Returns the base dir."""
+    run_script("scripts.base_train", "--depth=1", "--head-dim=32", "--max-seq-len=64", "--device-batch-size=4",
+               "--total-batch-size=256", "--num-iterations=6", "--eval-every=-1", "--eval-tokens=256",
+               "--sample-every=-1", "--device-type=cpu", "--dtype=float32", base=tiny_world)
+    return tiny_world
