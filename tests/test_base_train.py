@@ -59,3 +59,16 @@ def test_torchrun_two_processes(tiny_world):
                      base=tiny_world, nproc=2).stdout
     assert "distributed True" in out and len(val_bpbs(out)) == 3
     assert (tiny_world / "base_checkpoints" / "ddp" / "step_000004" / "rank1.safetensors").is_file()
+
+
+def test_base_loss(tiny_base_checkpoint):
+    out = run_script("scripts.base_loss", "--device-batch-size=2", "--eval-tokens=256", "--device-type=cpu",
+                     "--dtype=float32", base=tiny_base_checkpoint).stdout
+    assert re.search(r"train bpb: [\d.]+", out) and re.search(r"val bpb: [\d.]+", out)
+    assert out.count("sample:") == 7
+    assert "Base model loss" in (tiny_base_checkpoint / "report" / "base-model-loss.md").read_text()
+
+
+def test_base_loss_without_checkpoint(tmp_path):
+    proc = run_script("scripts.base_loss", "--device-type=cpu", base=tmp_path, check=False)
+    assert proc.returncode != 0 and "no checkpoints in" in proc.stderr
