@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import time
 import os
 import platform
 import shutil
@@ -44,8 +46,9 @@ def _format_value(v) -> str:
     return str(v)
 
 
-def log_section(title: str, items: list[str | dict]) -> Path | None:
-    """Write (replace) one section: `items` are markdown strings or dicts rendered as `- key: value`."""
+def log_section(title: str, items: list[str | dict], metrics: dict[str, float] | None = None) -> Path | None:
+    """Write (replace) one section: `items` are markdown strings or dicts rendered as `- key: value`.
+    `metrics` (e.g. {"CORE": 0.21} or {"ARC-Easy": 0.4, ...}) feed the report's summary table."""
     if get_rank() != 0:
         return None
     lines = [f"## {title}", f"timestamp: {datetime.datetime.now().isoformat(timespec='seconds')}", ""]
@@ -59,6 +62,10 @@ def log_section(title: str, items: list[str | dict]) -> Path | None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)
+    if metrics is not None:
+        mpath = path.with_suffix(".json")
+        mpath.with_suffix(".tmp").write_text(json.dumps(metrics))
+        os.replace(mpath.with_suffix(".tmp"), mpath)
     return path
 
 
@@ -91,25 +98,106 @@ def _environment() -> list[str]:
     return lines + [""]
 
 
+# the summary table: rows are metrics, columns the stages whose sections provide them
+SUMMARY_METRICS = ["CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "ChatCORE"]
+SUMMARY_COLUMNS = {"BASE": ["base-model-evaluation"], "MID": ["chat-evaluation-mid"],
+                   "SFT": ["chat-evaluation-sft"], "RL": ["chat-evaluation-rl"]}
+
+
+def _summary_table(d: Path) -> list[str]:
+    columns = {}
+    for col, slugs in SUMMARY_COLUMNS.items():
+        merged = {}
+        for slug in slugs:
+            try:
+                merged.update(json.loads((d / f"{slug}.json").read_text()))
+            except (OSError, ValueError):
+                pass
+        columns[col] = merged
+    lines = ["## Summary", "", "| Metric | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for metric in SUMMARY_METRICS:
+        label = next((k for c in columns.values() for k in c if k == metric or k.startswith(metric + " (")), metric)
+        cells = []
+        for c in columns.values():
+            value = next((v for k, v in c.items() if k == metric or k.startswith(metric + " (")), None)
+            cells.append("-" if value is None else f"{value:.4f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _code_size() -> list[str]:
+    root = Path(__file__).resolve().parent.parent
+    counts = {}
+    for pattern in ("nanochat/*.py", "scripts/*.py", "tasks/*.py", "rustbpe/src/*.rs", "nanochat/*.html"):
+        files = list(root.glob(pattern))
+        counts[pattern.split("/")[0] + "/" + pattern.rsplit(".", 1)[-1]] = (
+            len(files), sum(len(f.read_text(errors="replace").splitlines()) for f in files))
+    total = sum(n for _, n in counts.values())
+    rows = [f"- {k}: {files} files, {n:,} lines" for k, (files, n) in counts.items()]
+    return ["## Code size", "", *rows, f"- total: {total:,} lines", ""]
+
+
+def plot_history(history_path: Path, out: Path, title: str) -> Path | None:
+    """train loss and val bpb curves of a run's history.json as one PNG (None if no history)."""
+    try:
+        hist = json.loads(history_path.read_text())
+    except (OSError, ValueError):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot(hist.get("step", []), hist.get("train_loss", []))
+    axes[0].set(title=f"{title}: train loss", xlabel="step", ylabel="loss (nats/token)")
+    axes[1].plot(hist.get("val_step", []), hist.get("val_bpb", []), marker="o")
+    axes[1].set(title=f"{title}: val bits per byte", xlabel="step", ylabel="bpb")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def generate(copy_to: str | os.PathLike | None = "report.md") -> Path:
-    """Join the header and every section into report.md (and copy it to `copy_to`)."""
+    """Join the header, a summary table and every section into report.md (and copy it to `copy_to`,
+    with the plots beside it)."""
     d = report_dir()
     sections = {p.stem: p for p in d.glob("*.md") if p.name not in ("report.md", "header.md")}
     order = [s for s in SECTION_ORDER if s in sections] + sorted(s for s in sections if s not in SECTION_ORDER)
     parts = ["# nanochat report card", "", f"generated: {datetime.datetime.now().isoformat(timespec='seconds')}", ""]
+    try:
+        start = json.loads((d / "start.json").read_text())["start"]
+        parts += [f"total wall time: {(time.time() - start) / 60:.1f} min (since `report reset`)", ""]
+    except (OSError, ValueError, KeyError):
+        pass
     parts += _environment()
+    parts += _code_size()
+    parts += _summary_table(d)
+    plots = []
+    for stage in ("base", "mid", "sft"):
+        for hist in sorted((get_base_dir() / f"{stage}_checkpoints").glob("*/history.json")):
+            png = plot_history(hist, d / f"{stage}-{hist.parent.name}.png", f"{stage} {hist.parent.name}")
+            if png:
+                plots.append(png)
+    if plots:
+        parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     parts += [sections[s].read_text() for s in order]
     out = d / "report.md"
     out.write_text("\n".join(parts))
     if copy_to is not None:
         shutil.copyfile(out, copy_to)
+        for png in plots:
+            shutil.copyfile(png, Path(copy_to).parent / png.name)
     return out
 
 
 def reset() -> None:
-    """Remove every section: the next run starts a fresh report."""
-    for p in report_dir().glob("*.md"):
+    """Remove every section and start the wall clock: the next run starts a fresh report."""
+    d = report_dir()
+    for p in [*d.glob("*.md"), *d.glob("*.json"), *d.glob("*.png")]:
         p.unlink()
+    (d / "start.json").write_text(json.dumps({"start": time.time()}))
 
 
 if __name__ == "__main__":

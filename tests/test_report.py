@@ -1,0 +1,26 @@
+"""Report card: sections, summary table from section metrics, plots, reset."""
+
+import json
+
+from nanochat import report
+
+
+def test_sections_summary_and_plots(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
+    report.reset()
+    report.log_section("Base model evaluation", [{"tasks": 20}], metrics={"CORE (offline, 20 tasks)": 0.125})
+    report.log_section("Chat evaluation sft", ["some text"], metrics={"ARC-Easy": 0.5, "ChatCORE": 0.25})
+    hist = tmp_path / "base_checkpoints" / "d1"
+    hist.mkdir(parents=True)
+    (hist / "history.json").write_text(json.dumps({"step": [1, 2], "train_loss": [3.0, 2.0], "val_step": [0, 2],
+                                                   "val_bpb": [2.5, 1.5]}))
+    out = report.generate(copy_to=tmp_path / "copy.md")
+    text = out.read_text()
+    assert "| CORE (offline, 20 tasks) | 0.1250 | - | - | - |" in text
+    assert "| ARC-Easy | - | - | 0.5000 | - |" in text and "| ChatCORE | - | - | 0.2500 | - |" in text
+    assert "total wall time" in text and "## Code size" in text and "git commit" in text
+    assert "![base-d1](base-d1.png)" in text
+    assert (tmp_path / "base-d1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert text.index("## Base model evaluation") < text.index("## Chat evaluation sft")
+    report.reset()
+    assert not list(report.report_dir().glob("*.md"))
