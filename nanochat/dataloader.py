@@ -50,6 +50,41 @@ def _documents(files: list[str], rank: int, world: int, start: dict) -> Iterator
         logger.info("dataloader: rank %d starts epoch %d over %d shard(s)", rank, epoch, len(files))
 
 
+def _pack_batches(sequences: Iterator[tuple[tuple, list[int]]], B: int, T: int, device, skip: int = 0,
+                  state_keys: tuple[str, ...] = ()):
+    """Concatenate token sequences into (B, T) inputs/targets; yield them with the state that
+    resumes right after: the cursor of the first sequence not fully consumed + the tokens of it
+    already consumed. `skip` tokens of the first sequence are dropped (a resumed run)."""
+    pending: deque[list] = deque()  # [cursor, token ids, first unconsumed index]
+    use_cuda = torch.device(device).type == "cuda"
+    need = B * T + 1
+    available = 0
+    while True:
+        while available <= need:  # keep a head sequence for the state
+            cursor, ids = next(sequences)
+            pending.append([cursor, ids, skip])
+            available += len(ids) - skip
+            skip = 0
+        out: list[int] = []
+        while len(out) < need:
+            entry = pending[0]
+            _, ids, i = entry
+            take = min(need - len(out), len(ids) - i)
+            out.extend(ids[i:i + take])
+            entry[2] = i + take
+            if entry[2] == len(ids):
+                pending.popleft()
+        available -= need
+        head_cursor, _, head_offset = pending[0]
+        state = {**dict(zip(state_keys, head_cursor)), "token": head_offset}
+        buf = torch.tensor(out, dtype=torch.long)
+        if use_cuda:
+            buf = buf.pin_memory().to(device, non_blocking=True)
+        elif str(device) != "cpu":
+            buf = buf.to(device)
+        yield buf[:-1].view(B, T), buf[1:].view(B, T), state  # inputs (B, T), targets (B, T)
+
+
 def tokenizing_distributed_data_loader(tokenizer, B: int, T: int, split: str, device: str | torch.device = "cpu",
                                        resume_state: dict | None = None, tokenizer_threads: int = 4,
                                        tokenizer_batch_size: int = 128, files: list[str] | None = None,
@@ -61,35 +96,38 @@ def tokenizing_distributed_data_loader(tokenizer, B: int, T: int, split: str, de
     state = dict(resume_state) if resume_state else {"epoch": 0, "shard": 0, "row_group": rank, "doc": 0, "token": 0}
     bos = tokenizer.get_bos_token_id()
     docs = _documents(files, rank, world, state)
-    pending: deque[list] = deque()  # [cursor, token ids, first unconsumed index]
-    skip = state["token"]  # tokens of the first document already consumed before the resume
-    use_cuda = torch.device(device).type == "cuda"
-    need = B * T + 1
-    while True:
-        # keep enough tokenized documents to fill the batch, tokenizing in parallel batches
-        while sum(len(ids) - i for _, ids, i in pending) <= need:  # keep a head for the state
+
+    def sequences():
+        while True:  # tokenize documents in parallel batches
             batch = [next(docs) for _ in range(tokenizer_batch_size)]
             token_lists = tokenizer.encode([text for _, text in batch], prepend=bos, num_threads=tokenizer_threads)
-            for (cursor, _), ids in zip(batch, token_lists):
-                pending.append([cursor, ids, skip])
-                skip = 0
-        out: list[int] = []
-        while len(out) < need:
-            entry = pending[0]
-            cursor, ids, i = entry
-            take = min(need - len(out), len(ids) - i)
-            out.extend(ids[i:i + take])
-            entry[2] = i + take
-            if entry[2] == len(ids):
-                pending.popleft()
-        head_cursor, _, head_offset = pending[0]
-        epoch, shard, rg, d = head_cursor
-        state = {"epoch": epoch, "shard": shard, "row_group": rg, "doc": d, "token": head_offset}
-        buf = torch.tensor(out, dtype=torch.long)
-        if use_cuda:
-            buf = buf.pin_memory().to(device, non_blocking=True)
-        elif str(device) != "cpu":
-            buf = buf.to(device)
-        inputs = buf[:-1].view(B, T)  # (B, T)
-        targets = buf[1:].view(B, T)  # (B, T)
-        yield inputs, targets, state
+            yield from ((cursor, ids) for (cursor, _), ids in zip(batch, token_lists))
+
+    yield from _pack_batches(sequences(), B, T, device, skip=state["token"],
+                             state_keys=("epoch", "shard", "row_group", "doc"))
+
+
+def conversation_data_loader(tokenizer, task, B: int, T: int, device: str | torch.device = "cpu",
+                             resume_state: dict | None = None, rank: int | None = None,
+                             world_size: int | None = None):
+    """Midtraining batches: the task's conversations (rank r takes examples r, r+W, ...), each
+    rendered by render_conversation and packed into one token stream, looping over epochs.
+    Yields (inputs (B, T), targets (B, T), state) like the pretraining loader; state["epoch"] and
+    state["example"] tell how far through the task this rank is."""
+    rank = get_rank() if rank is None else rank
+    world = get_world_size() if world_size is None else world_size
+    state = dict(resume_state) if resume_state else {"epoch": 0, "example": rank, "token": 0}
+    if len(task) <= rank:
+        raise ValueError(f"the task has {len(task)} examples, too few for {world} processes")
+
+    def sequences():
+        epoch, i = state["epoch"], state["example"]
+        while True:
+            while i < len(task):
+                ids, _ = tokenizer.render_conversation(task[i])
+                yield (epoch, i), ids
+                i += world
+            epoch, i = epoch + 1, rank
+            logger.info("conversation loader: rank %d starts epoch %d", rank, epoch)
+
+    yield from _pack_batches(sequences(), B, T, device, skip=state["token"], state_keys=("epoch", "example"))

@@ -11,20 +11,18 @@ Checkpoints go to <base>/base_checkpoints/d<depth>/step_NNNNNN/.
 
 import argparse
 import json
-import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
-from nanochat.checkpoint_manager import (CheckpointError, committed_steps, load_checkpoint, restore_rank_state,
-                                         save_checkpoint, stage_dir)
-from nanochat.common import (autodetect_dtype, compute_cleanup, compute_init, peak_flops, print0, setup_logging)
+from nanochat.checkpoint_manager import save_checkpoint, stage_dir
+from nanochat.common import compute_cleanup, compute_init, peak_flops, print0, setup_logging
 from nanochat.dataloader import tokenizing_distributed_data_loader
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.report import log_section
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
+from nanochat.training import StepLog, init_wandb, lr_multiplier, muon_momentum, oom_exit, precision, resume, set_lr
 
 # -------------------------------------------------------------------------------------------------
 parser = argparse.ArgumentParser(description="Pretrain the base model.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -77,16 +75,11 @@ setup_logging()
 ddp, rank, local_rank, world_size, device = compute_init(args.device_type, seed=args.seed)
 master = rank == 0
 device_type = device.type
-dtype_name = autodetect_dtype(device_type) if args.dtype == "auto" else args.dtype
-autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype_name == "bfloat16" else nullcontext())
+dtype_name, autocast = precision(device_type, args.dtype)
 use_compile = args.compile == "on" or (args.compile == "auto" and device_type == "cuda")
 sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
 
-wandb_run = None
-if args.run != "dummy" and master:
-    import wandb  # only when asked for: WANDB_MODE=offline works without network
-
-    wandb_run = wandb.init(project="nanochat", name=args.run, config=vars(args))
+wandb_run = init_wandb(args.run, master, vars(args))
 
 # -------------------------------------------------------------------------------------------------
 # model, derived from --depth and the tokenizer
@@ -142,25 +135,9 @@ model_tag = args.model_tag or f"d{args.depth}"
 checkpoint_dir = stage_dir("base") / model_tag
 start_step, loop_state, loader_cursor = 0, {}, None
 if args.resume:
-    steps = committed_steps(checkpoint_dir)
-    if not steps:
-        print0(f"--resume: no committed checkpoint in {checkpoint_dir}; starting from scratch")
-    else:
-        try:
-            model_state, rank_part, meta = load_checkpoint(checkpoint_dir, steps[-1], device, rank=rank)
-            if meta["model_config"] != config.to_dict():
-                raise CheckpointError(f"{checkpoint_dir} holds a model {meta['model_config']}, the flags give "
-                                      f"{config.to_dict()}: use the same --depth/--max-seq-len/--head-dim")
-            if meta["world_size"] != world_size:
-                raise CheckpointError(f"the checkpoint was written by {meta['world_size']} processes, this run has "
-                                      f"{world_size}: resume with the same number of processes")
-            orig_model.load_state_dict(model_state, strict=True)
-            rank_state = restore_rank_state(rank_part, optimizers)
-        except CheckpointError as e:
-            print0(f"cannot resume: {e}")
-            sys.exit(1)
-        start_step, loop_state, loader_cursor = meta["step"], meta["loop_state"], rank_state["dataloader"]
-        print0(f"resumed from {checkpoint_dir}/step_{start_step:06d}")
+    start_step, loop_state, rank_state = resume(checkpoint_dir, orig_model, optimizers, config.to_dict(), world_size,
+                                                rank, device)
+    loader_cursor = rank_state.get("dataloader")
 
 # -------------------------------------------------------------------------------------------------
 # data
@@ -171,23 +148,6 @@ x, y, loader_state = next(train_loader)
 pending_cursor = loader_cursor  # cursor that reproduces the pending batch (x, y) when resuming
 
 
-def lr_multiplier(step: int) -> float:
-    """Linear warmup, constant, linear warmdown to --final-lr-frac."""
-    warmup, warmdown = round(args.warmup_ratio * num_iterations), round(args.warmdown_ratio * num_iterations)
-    if step < warmup:
-        return (step + 1) / warmup
-    if step <= num_iterations - warmdown:
-        return 1.0
-    progress = (num_iterations - step) / warmdown
-    return progress + (1 - progress) * args.final_lr_frac
-
-
-def muon_momentum(step: int) -> float:
-    """0.85 -> 0.95 over the first 300 steps."""
-    frac = min(step / 300, 1.0)
-    return (1 - frac) * 0.85 + frac * 0.95
-
-
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
                   "The opposite of hot is", "The planets of the solar system are:", "My favorite color is", "If 5*x + 3 = 13, then x is"]
 peak = peak_flops(device_type, dtype_name)
@@ -195,8 +155,7 @@ peak = peak_flops(device_type, dtype_name)
 # -------------------------------------------------------------------------------------------------
 # the loop: one exit, evaluation and saving on the last step like any other
 step = start_step
-smooth_loss = loop_state.get("smooth_loss", 0.0)
-total_time = loop_state.get("total_time", 0.0)
+steplog = StepLog(num_iterations, flops_per_token, peak, world_size, loop_state.get("log"))
 val_bpb = loop_state.get("val_bpb")
 min_val_bpb = loop_state.get("min_val_bpb", float("inf"))
 history = loop_state.get("history", {"step": [], "train_loss": [], "val_step": [], "val_bpb": []})
@@ -225,8 +184,7 @@ while True:
         orig_model.train()
 
     if last_step or (args.save_every > 0 and step % args.save_every == 0 and step != start_step):
-        loop = {"smooth_loss": smooth_loss, "total_time": total_time, "val_bpb": val_bpb, "min_val_bpb": min_val_bpb,
-                "history": history}
+        loop = {"log": steplog.state(), "val_bpb": val_bpb, "min_val_bpb": min_val_bpb, "history": history}
         save_checkpoint(checkpoint_dir, step, orig_model, optimizers,
                         {"model_config": config.to_dict(), "args": vars(args), "loop_state": loop,
                          "num_iterations": num_iterations},
@@ -246,46 +204,34 @@ while True:
             (loss / grad_accum_steps).backward()
             pending_cursor = loader_state
             x, y, loader_state = next(train_loader)
-        lrm = lr_multiplier(step)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * lrm
+        lrm = lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
+        set_lr(optimizers, lrm)
         for group in muon.param_groups:
             group["momentum"] = muon_momentum(step)
         for opt in optimizers:
             opt.step()
         model.zero_grad(set_to_none=True)
     except torch.OutOfMemoryError:
-        print0(f"out of memory at --device-batch-size={args.device_batch_size}: try "
-               f"--device-batch-size={max(1, args.device_batch_size // 2)} (gradient accumulation keeps the total batch)")
-        sys.exit(1)
+        oom_exit(args.device_batch_size)
     sync()
     dt = time.time() - t0
     step += 1
 
     # --- logging ------------------------------------------------------------------------------
-    beta = 0.9
-    smooth_loss = beta * smooth_loss + (1 - beta) * train_loss.item()
-    debiased = smooth_loss / (1 - beta**step)  # EMA debiased; smooth_loss is restored on resume
-    if step > start_step + 1 or start_step > 0:
-        total_time += dt  # the first step of a process includes warm-up / compilation
-    tok_per_s = args.total_batch_size / dt
-    mfu = 100 * flops_per_token * tok_per_s / (peak * world_size) if peak else float("nan")
-    eta = (num_iterations - step) * (total_time / max(1, step - start_step - 1)) if step - start_step > 1 else float("nan")
+    line, numbers = steplog.update(step, train_loss.item(), lrm, dt, args.total_batch_size)
     history["step"].append(step)
-    history["train_loss"].append(debiased)
-    print0(f"step {step:05d}/{num_iterations:05d} ({100 * step / num_iterations:5.1f}%) | loss {debiased:.6f} | "
-           f"lrm {lrm:.2f} | dt {dt * 1000:.0f}ms | tok/s {tok_per_s:,.0f} | mfu {mfu:.1f}% | eta {eta / 60:.1f}m")
+    history["train_loss"].append(numbers["loss"])
+    print0(line)
     if wandb_run:
-        wandb_run.log({"step": step, "train/loss": debiased, "train/lrm": lrm, "train/tok_per_s": tok_per_s, "train/mfu": mfu})
+        wandb_run.log({"step": step, **{f"train/{k}": v for k, v in numbers.items()}})
 
 # -------------------------------------------------------------------------------------------------
-print0(f"done: min val bpb {min_val_bpb:.4f}, training time {total_time / 60:.2f} min")
+print0(f"done: min val bpb {min_val_bpb:.4f}, training time {steplog.total_time / 60:.2f} min")
 log_section("Base model training", [
     {"depth": args.depth, "parameters": num_params, "flops_per_token": f"{flops_per_token:.3e}",
      "iterations": num_iterations, "total_batch_size": args.total_batch_size, "tokens": total_tokens,
      "tokens_per_param": total_tokens / num_params, "dtype": dtype_name, "processes": world_size,
-     "min_val_bpb": min_val_bpb, "final_val_bpb": val_bpb, "training_time_min": total_time / 60},
+     "min_val_bpb": min_val_bpb, "final_val_bpb": val_bpb, "training_time_min": steplog.total_time / 60},
 ])
 if master:
     # the curves for the report card's plots
