@@ -1,0 +1,177 @@
+"""Chat with a trained model in the terminal.
+
+    python -m scripts.chat_cli                          # latest SFT model, interactive
+    python -m scripts.chat_cli -i mid -g d20 -s 800     # a given stage / model tag / step
+    python -m scripts.chat_cli -p "Why is the sky blue?"  # one reply, then exit
+    python -m scripts.chat_cli -i base -p "The capital of France is"   # a base model continues text
+
+Interactive commands: 'quit' or 'exit' to leave, 'clear' to start a new conversation; Ctrl-C stops
+a reply. Replies stream as they are sampled and never split a multi-byte character; calculator
+calls show as [calculator: 2+3 = 5]. A base model was never taught the chat template, so with
+-i base every line is a text prompt that the model continues (no conversation history).
+"""
+
+import argparse
+import sys
+from contextlib import nullcontext
+
+import torch
+
+from nanochat.checkpoint_manager import CheckpointError, load_model
+from nanochat.common import autodetect_device_type, setup_logging
+from nanochat.engine import Engine, StreamDecoder
+from nanochat.tokenizer import TokenizerError
+
+# -------------------------------------------------------------------------------------------------
+parser = argparse.ArgumentParser(description="Chat with a model in the terminal.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("-i", "--source", default="sft", choices=["base", "mid", "sft", "rl"], help="which stage's model")
+parser.add_argument("-g", "--model-tag", default=None, help="model tag, e.g. d20 (default: the deepest)")
+parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the last)")
+parser.add_argument("-p", "--prompt", default=None, help="one-shot: print the reply to this prompt and exit")
+parser.add_argument("-t", "--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
+parser.add_argument("-k", "--top-k", type=int, default=50, help="sample among the k likeliest tokens (0 = off)")
+parser.add_argument("--max-tokens", type=int, default=512, help="reply length limit in tokens")
+parser.add_argument("--seed", type=int, default=42, help="sampling seed (turn n uses seed + n)")
+parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
+args = parser.parse_args()
+if args.temperature < 0:
+    parser.error(f"--temperature must be >= 0, got {args.temperature}")
+if args.top_k < 0:
+    parser.error(f"--top-k must be >= 0, got {args.top_k}")
+if args.max_tokens < 1:
+    parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
+device_type = autodetect_device_type() if args.device_type == "auto" else args.device_type
+if device_type == "cuda" and not torch.cuda.is_available():
+    parser.error("--device-type=cuda but no CUDA device is available; use --device-type=cpu")
+setup_logging("WARNING")
+sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets '?', not a crash
+
+# -------------------------------------------------------------------------------------------------
+try:
+    model, tokenizer, meta = load_model(args.source, torch.device(device_type), phase="eval",
+                                        model_tag=args.model_tag, step=args.step)
+except CheckpointError as e:
+    raise SystemExit(f"chat_cli: {e} (pick another with -i/-g/-s)") from None
+except TokenizerError as e:
+    raise SystemExit(f"chat_cli: {e}") from None
+engine = Engine(model, tokenizer)
+# bf16 matmuls on GPUs that have them (SM80+); CPU and older GPUs run float32
+bf16 = device_type == "cuda" and torch.cuda.get_device_capability()[0] >= 8
+autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+context = model.config.sequence_len
+chat = args.source != "base"
+sp = {name: tokenizer.encode_special(name) for name in tokenizer.get_special_tokens()}
+END = {sp["<|assistant_end|>"], sp["<|bos|>"]}
+
+
+def reply(prompt_ids: list[int], seed: int) -> list[dict] | None:
+    """Stream one reply to stdout; return it as assistant content parts (text / python /
+    python_output), or None when the prompt leaves no room in the model's context."""
+    max_tokens = min(args.max_tokens, context - len(prompt_ids))
+    if max_tokens <= 0:
+        print(f"[the conversation ({len(prompt_ids)} tokens) fills the model's context of {context}: "
+              "type 'clear' to start a new one]", flush=True)
+        return None
+    parts: list[dict] = []
+    decoder = StreamDecoder(tokenizer)
+    text: list[str] = []  # the current text part
+    call: list[int] | None = None  # ids of the expression, inside <|python_start|> ... <|python_end|>
+    output: list[int] | None = None  # ids of the tool's result, inside <|output_start|> ... <|output_end|>
+    expr = ""
+
+    def end_text() -> None:
+        text.append(decoder.flush())
+        print(text[-1], end="", flush=True)
+        if "".join(text):
+            parts.append({"type": "text", "text": "".join(text)})
+        text.clear()
+
+    gen = engine.generate(prompt_ids, num_samples=1, max_tokens=max_tokens, temperature=args.temperature,
+                          top_k=args.top_k, seed=seed)
+    try:
+        with autocast:
+            for column, _ in gen:
+                token = column[0]
+                if token in END:
+                    break
+                if token == sp["<|python_start|>"]:
+                    end_text()
+                    call, output = [], None
+                elif token == sp["<|python_end|>"] and call is not None:
+                    expr = tokenizer.decode(call)
+                    parts.append({"type": "python", "text": expr})
+                    call = None
+                elif token == sp["<|output_start|>"]:
+                    output = []
+                elif token == sp["<|output_end|>"] and output is not None:
+                    result = tokenizer.decode(output)
+                    parts.append({"type": "python_output", "text": result})
+                    print(f"[calculator: {expr} = {result}]", end="", flush=True)
+                    output = None
+                elif call is not None:
+                    call.append(token)
+                elif output is not None:
+                    output.append(token)
+                elif token not in sp.values():  # stray specials are not text
+                    piece = decoder.feed(token)
+                    text.append(piece)
+                    print(piece, end="", flush=True)
+    except KeyboardInterrupt:
+        print(" [stopped]", end="")
+    finally:
+        gen.close()
+    if call is not None:  # cut off inside a tool call
+        print(f"[calculator: {tokenizer.decode(call)} ...]", end="")
+    elif output is not None or (parts and parts[-1]["type"] == "python"):  # ... or inside its result
+        print(f"[calculator: {expr} = {tokenizer.decode(output or [])} ...]", end="")
+    end_text()
+    print(flush=True)
+    return parts
+
+
+# -------------------------------------------------------------------------------------------------
+if args.prompt is not None:
+    if chat:
+        ids = tokenizer.render_for_completion({"messages": [{"role": "user", "content": args.prompt}]})
+    else:
+        ids = tokenizer.encode(args.prompt, prepend="<|bos|>")
+    reply(ids, args.seed)
+    raise SystemExit(0)
+
+print(f"nanochat: {args.source} model, step {meta['step']}, on {device_type}. "
+      "'quit' or 'exit' leaves, 'clear' starts a new conversation.")
+if not chat:
+    print("(a base model: each line is a text prompt that the model continues)")
+messages: list[dict] = []
+echo = not sys.stdin.isatty()  # piped input: show it, so the transcript reads like a conversation
+turn = 0
+while True:
+    try:
+        line = input("\nUser: ")
+    except (EOFError, KeyboardInterrupt):
+        print()
+        break
+    if echo:
+        print(line)
+    command = line.strip().lower()
+    if command in ("quit", "exit"):
+        break
+    if command == "clear":
+        messages = []
+        print("(new conversation)")
+        continue
+    if not line.strip():
+        continue
+    if chat:
+        messages.append({"role": "user", "content": line})
+        ids = tokenizer.render_for_completion({"messages": messages})
+    else:
+        ids = tokenizer.encode(line, prepend="<|bos|>")
+    print("Assistant: ", end="", flush=True)
+    parts = reply(ids, args.seed + turn)
+    turn += 1
+    if chat and parts is None:
+        messages.pop()  # it did not fit: forget it, so 'clear' is not the only way on
+    elif chat:
+        messages.append({"role": "assistant", "content": parts})

@@ -1,0 +1,274 @@
+"""Engine ↔ GPT.generate, independent rows, stopping, KV growth, tool forcing, StreamDecoder."""
+
+import pytest
+import torch
+
+from nanochat.engine import Engine, RowState, StreamDecoder
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.tokenizer import Tokenizer
+
+TINY = dict(sequence_len=32, n_layer=2, n_head=2, n_kv_head=2, n_embd=64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    """Byte-level tokenizer (no merges): 256 byte tokens + the special tokens. No training needed."""
+    return Tokenizer.from_ranks({bytes([i]): i for i in range(256)})
+
+
+def build(tok: Tokenizer, seed: int = 0, **overrides) -> GPT:
+    """A tiny model with every weight random (the zero-initialised projections and head too, so the
+    logits are not all equal and attention matters)."""
+    torch.manual_seed(seed)
+    # built directly on the CPU: the meta-device path imports torch._dynamo (seconds) on first use
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **{**TINY, **overrides}))
+    model.init_weights()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            for w in (block.attn.c_proj.weight, block.mlp.c_proj.weight):
+                w.copy_(torch.randn(w.shape, generator=g) * 0.05)
+        model.lm_head.weight.copy_(torch.randn(model.lm_head.weight.shape, generator=g) * 0.3)
+    return model.eval()
+
+
+def scripted(tok: Tokenizer, table: dict[int, list[int]], seed: int = 0, **overrides) -> GPT:
+    """A real model whose greedy next token depends only on the current token: table[t] lists the
+    tokens that follow t (several = equally likely). The blocks are made identities (zero output
+    projections), the embeddings are random directions and each head row sums the directions of the
+    tokens it should follow, so logit(j | t) ≈ 8·scale if j follows t and |noise| ≲ 3·scale if not."""
+    model = build(tok, seed, **overrides)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_proj.weight.zero_()
+            block.mlp.c_proj.weight.zero_()
+        emb = model.transformer.wte.weight
+        unit = emb / emb.norm(dim=1, keepdim=True)  # (V, C)
+        head = torch.zeros_like(model.lm_head.weight)  # (V, C)
+        for t, nexts in table.items():
+            for j in nexts:
+                head[j] += 4.0 * unit[t]
+        model.lm_head.weight.copy_(head)
+    return model
+
+
+def sp(tok: Tokenizer, name: str) -> int:
+    return tok.encode_special(f"<|{name}|>")
+
+
+# -------------------------------------------------------------------------------------------------
+# Engine ↔ the slow reference
+
+
+@pytest.mark.parametrize("prompt_len", [1, 7])
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_greedy_matches_reference(tok, prompt_len, num_samples):
+    model = build(tok)
+    prompt = list(range(40, 40 + prompt_len))
+    ref = list(model.generate(prompt, max_tokens=20, temperature=0.0))
+    seqs, masks = Engine(model, tok).generate_batch(prompt, num_samples=num_samples, max_tokens=20, temperature=0.0)
+    stops = {sp(tok, "assistant_end"), sp(tok, "bos")}
+    for seq, mask in zip(seqs, masks):
+        completion = seq[len(prompt):]
+        assert seq[:len(prompt)] == prompt
+        assert mask == [0] * len(prompt) + [1] * len(completion)
+        # the reference does not stop at stop tokens: compare up to the engine's stop
+        assert completion == ref[:len(completion)]
+        assert len(completion) == 20 or ref[len(completion)] in stops
+
+
+def test_streaming_columns(tok):
+    model = build(tok)
+    steps = list(Engine(model, tok).generate([1, 2, 3], num_samples=2, max_tokens=5, temperature=0.0))
+    assert len(steps) == 5 or steps[-1][0][0] in {sp(tok, "assistant_end"), sp(tok, "bos")}
+    assert all(len(col) == 2 and masks == [1, 1] and col[0] == col[1] for col, masks in steps)
+
+
+def test_kv_cache_grows_past_initial_size(tok, monkeypatch):
+    # sequence_len 8: the cache starts at prompt + 8 positions, generation runs to the rotary end (80)
+    model = build(tok, sequence_len=8)
+    caches = []
+    new_cache = model.new_kv_cache
+    monkeypatch.setattr(model, "new_kv_cache", lambda *a, **k: caches.append(new_cache(*a, **k)) or caches[-1])
+    prompt = [5, 6, 7]
+    out = [col[0] for col, _ in Engine(model, tok).generate(prompt, max_tokens=None, temperature=0.0)]
+    ref = list(model.generate(prompt, max_tokens=len(out), temperature=0.0))
+    assert out == ref
+    assert len(out) == 80 - len(prompt) or out[-1] in {sp(tok, "assistant_end"), sp(tok, "bos")}
+    assert len(out) > 30, "the random model stopped too early to exercise cache growth"
+    assert caches[0].max_seq_len > len(prompt) + 8  # it grew
+
+
+def test_generate_arguments_are_checked_eagerly(tok):
+    engine = Engine(build(tok), tok)
+    for bad in (dict(tokens=[]), dict(tokens=[10**6]), dict(tokens=[1], num_samples=0),
+                dict(tokens=[1], temperature=-1.0), dict(tokens=[1], max_tokens=-1),
+                dict(tokens=list(range(200)) * 2)):
+        with pytest.raises(ValueError):
+            engine.generate(**bad)
+    assert list(engine.generate([1], max_tokens=0)) == []
+
+
+# -------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def test_rows_sample_independently_and_seed_reproduces(tok):
+    model = build(tok)
+    engine = Engine(model, tok)
+    prompt = [10, 20, 30]
+    a, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=12, temperature=1.0, seed=7)
+    b, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=12, temperature=1.0, seed=7)
+    c, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=12, temperature=1.0, seed=8)
+    assert a == b
+    assert a != c
+    assert len({tuple(s) for s in a}) == 4  # every row its own sample
+    assert len({s[len(prompt)] for s in a}) > 1  # ... the first token included
+    # top-k 1 is greedy whatever the temperature
+    greedy, _ = engine.generate_batch(prompt, num_samples=2, max_tokens=12, temperature=0.0)
+    top1, _ = engine.generate_batch(prompt, num_samples=2, max_tokens=12, temperature=1.5, top_k=1)
+    assert top1 == greedy
+
+
+def test_rows_stop_independently_at_assistant_end(tok):
+    a, b, end = ord("a"), ord("b"), sp(tok, "assistant_end")
+    # after 'a': 'b' or <|assistant_end|> with equal odds; 'b' is followed by 'b' forever
+    model = scripted(tok, {a: [b, end], b: [b]})
+    steps = list(Engine(model, tok).generate([a], num_samples=8, max_tokens=6, temperature=0.3, seed=0))
+    assert len(steps) == 6  # some rows never stop
+    first = steps[0][0]
+    assert set(first) == {b, end}
+    for i, t in enumerate(first):
+        if t == end:  # stopped rows pad with their terminal token, mask 0
+            assert steps[0][1][i] == 1
+            assert all(col[i] == end and masks[i] == 0 for col, masks in steps[1:])
+        else:
+            assert all(col[i] == b and masks[i] == 1 for col, masks in steps[1:])
+    seqs, _ = Engine(model, tok).generate_batch([a], num_samples=8, max_tokens=6, temperature=0.3, seed=0)
+    assert sorted(len(s) for s in seqs) == sorted(1 if t == end else 7 for t in first)
+    # when every row stops the generator ends before max_tokens
+    model = scripted(tok, {a: [end]})
+    assert len(list(Engine(model, tok).generate([a], num_samples=3, max_tokens=10, temperature=0.0))) == 1
+
+
+def test_bos_stops_too(tok):
+    a, bos = ord("a"), sp(tok, "bos")
+    model = scripted(tok, {a: [bos]})
+    seqs, masks = Engine(model, tok).generate_batch([a], max_tokens=5, temperature=0.0)
+    assert seqs == [[a]] and masks == [[0]]
+
+
+def test_close_early_is_safe(tok):
+    gen = Engine(build(tok), tok).generate([1, 2], num_samples=2, max_tokens=50, temperature=1.0)
+    next(gen)
+    next(gen)
+    gen.close()
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+# -------------------------------------------------------------------------------------------------
+# Tool use
+
+
+def test_tool_call_forces_calculator_output(tok):
+    py_start, py_end = sp(tok, "python_start"), sp(tok, "python_end")
+    out_start, out_end, end = sp(tok, "output_start"), sp(tok, "output_end"), sp(tok, "assistant_end")
+    q, two, plus, three, x = ord("?"), ord("2"), ord("+"), ord("3"), ord("x")
+    # ? -> <|python_start|> 2 + 3 <|python_end|> ... (forced output) ... <|output_end|> -> x -> end
+    model = scripted(tok, {q: [py_start], py_start: [two], two: [plus], plus: [three], three: [py_end],
+                           out_end: [x], x: [end]})
+    steps = list(Engine(model, tok).generate([q], num_samples=2, max_tokens=20, temperature=0.0))
+    for row in range(2):
+        tokens = [col[row] for col, _ in steps]
+        masks = [m[row] for _, m in steps]
+        assert tokens == [py_start, two, plus, three, py_end, out_start, ord("5"), out_end, x, end]
+        assert masks == [1, 1, 1, 1, 1, 0, 0, 0, 1, 1]
+    seqs, masks = Engine(model, tok).generate_batch([q], max_tokens=20, temperature=0.0)
+    assert tok.decode(seqs[0]) == "?<|python_start|>2+3<|python_end|><|output_start|>5<|output_end|>x"
+    assert masks[0] == [0, 1, 1, 1, 1, 1, 0, 0, 0, 1]
+
+
+def test_tool_output_goes_only_into_the_calling_row(tok):
+    py_start, py_end, out_start = sp(tok, "python_start"), sp(tok, "python_end"), sp(tok, "output_start")
+    end = sp(tok, "assistant_end")
+    q, z, nine = ord("?"), ord("z"), ord("9")
+    # after '?': a tool call "9" or plain 'z'; both paths end
+    model = scripted(tok, {q: [py_start, z], py_start: [nine], nine: [py_end], z: [end], sp(tok, "output_end"): [end]})
+    seqs, masks = Engine(model, tok).generate_batch([q], num_samples=8, max_tokens=10, temperature=0.3, seed=1)
+    kinds = set()
+    for seq, mask in zip(seqs, masks):
+        text = tok.decode(seq)
+        if seq[1] == py_start:
+            kinds.add("tool")
+            assert text == "?<|python_start|>9<|python_end|><|output_start|>9<|output_end|>"
+            assert mask == [0, 1, 1, 1, 0, 0, 0]
+        else:
+            kinds.add("text")
+            assert seq == [q, z] and out_start not in seq and mask == [0, 1]
+    assert kinds == {"tool", "text"}
+
+
+def test_row_state_machine(tok):
+    row = RowState(tok)
+    py_start, py_end = sp(tok, "python_start"), sp(tok, "python_end")
+    out_start, out_end = sp(tok, "output_start"), sp(tok, "output_end")
+    for t in tok.encode("hi "):
+        row.push(t)
+    assert not row.forced and row.tool_tokens is None
+    row.push(py_start)
+    for t in tok.encode("'a,b'.count(',') + 1,000"):
+        row.push(t)
+    row.push(py_end)
+    forced = list(row.forced)
+    assert forced == [out_start] + tok.encode("1001") + [out_end]
+    # forced tokens come before the model's sample, with mask 0, and do not start new calls
+    emitted = []
+    while row.forced:
+        token, mask = row.next_token(sampled=123)
+        row.push(token, mask)
+        emitted.append((token, mask))
+    assert emitted == [(t, 0) for t in forced]
+    assert row.next_token(sampled=123) == (123, 1)
+    # a calculator error is forced like any result; the engine never raises
+    row.push(py_start)
+    for t in tok.encode("__import__('os')"):
+        row.push(t)
+    row.push(py_end)
+    assert tok.decode(list(row.forced)).startswith("<|output_start|>error:")
+    # <|python_end|> outside a call does nothing; stop tokens end the row
+    fresh = RowState(tok)
+    fresh.push(py_end)
+    assert not fresh.forced
+    fresh.push(sp(tok, "assistant_end"))
+    assert fresh.done and fresh.terminal == sp(tok, "assistant_end")
+
+
+# -------------------------------------------------------------------------------------------------
+# StreamDecoder
+
+
+def test_stream_decoder_holds_back_split_characters(tok):
+    text = "héllo 世界 🙂!"
+    ids = tok.encode(text)  # byte-level: every multi-byte character spans several tokens
+    assert len(ids) == len(text.encode())
+    dec = StreamDecoder(tok)
+    pieces = [dec.feed(t) for t in ids]
+    assert "".join(pieces) + dec.flush() == text
+    assert all("\ufffd" not in p for p in pieces)
+    emoji = "🙂".encode()
+    dec = StreamDecoder(tok)
+    assert dec.feed(list(emoji[:3])) == ""  # incomplete: held back
+    assert dec.feed(emoji[3]) == "🙂"
+    assert dec.feed(list("é".encode())[:1]) == ""
+    assert dec.flush() == "\ufffd"  # a stream that ends mid-character
+    assert dec.feed(ord("a")) == "a"  # flush reset it
+    assert StreamDecoder(tok).feed(0xFF) == "\ufffd"  # invalid byte
