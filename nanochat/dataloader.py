@@ -131,3 +131,18 @@ def conversation_data_loader(tokenizer, task, B: int, T: int, device: str | torc
             logger.info("conversation loader: rank %d starts epoch %d", rank, epoch)
 
     yield from _pack_batches(sequences(), B, T, device, skip=state["token"], state_keys=("epoch", "example"))
+
+
+def padded_batch(rows: list[tuple[list[int], list[int]]], pad_id: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) rows -> inputs (B, L) and targets (B, L) for next-token training, L = longest - 1.
+    A target is kept only where the mask of the token it predicts is 1; elsewhere, and in the
+    padding, it is -1 (ignored by the loss)."""
+    L = max(len(ids) for ids, _ in rows) - 1
+    inputs = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), L), -1, dtype=torch.long)
+    for b, (ids, mask) in enumerate(rows):
+        ids_t, mask_t = torch.tensor(ids, dtype=torch.long), torch.tensor(mask)
+        n = len(ids) - 1
+        inputs[b, :n] = ids_t[:-1]
+        targets[b, :n] = torch.where(mask_t[1:] == 1, ids_t[1:], -1)
+    return inputs.to(device), targets.to(device)

@@ -1,0 +1,95 @@
+"""Scoring a chat model on tasks: categorical (argmax over the answer letters) and generative
+(sample with the Engine, check with the task). Used by chat_eval, and by chat_sft / chat_rl for
+their periodic evaluations. Counts are for this process; callers all_reduce them.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+
+def spread_indices(n: int, max_problems: int) -> list[int]:
+    """All of range(n), or max_problems indices spread evenly (datasets sorted by subject would
+    otherwise give one subject)."""
+    if max_problems < 0 or max_problems >= n:
+        return list(range(n))
+    return [j * n // max_problems for j in range(max_problems)]
+
+
+def fit_prompt(ids: list[int], max_len: int, bos: int) -> list[int]:
+    """Prompts longer than the context keep BOS and their last tokens."""
+    return ids if len(ids) <= max_len else [bos] + ids[len(ids) - max_len + 1:]
+
+
+def letter_token(tokenizer, letter: str) -> int:
+    ids = tokenizer.encode(letter)
+    if len(ids) != 1:
+        raise ValueError(f"answer letter {letter!r} is {len(ids)} tokens with this tokenizer; categorical "
+                         "evaluation needs every answer letter to be a single token")
+    return ids[0]
+
+
+@torch.no_grad()
+def categorical_accuracy(model, tokenizer, task, indices: list[int], batch_size: int = 8,
+                         autocast=None) -> tuple[int, int]:
+    """(correct, total) over task[indices]: one forward pass per batch, the argmax restricted to each
+    conversation's allowed letters at the last prompt position."""
+    device, bos = model.get_device(), tokenizer.get_bos_token_id()
+    max_len = model.config.sequence_len
+    correct = total = 0
+    for b0 in range(0, len(indices), batch_size):
+        conversations = [task[i] for i in indices[b0:b0 + batch_size]]
+        prompts = [fit_prompt(tokenizer.render_for_completion(c), max_len, bos) for c in conversations]
+        T = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), T), bos, dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, :len(p)] = torch.tensor(p)
+        with autocast or nullcontext():
+            logits = model(ids.to(device))  # (B, T, V)
+        for row, (conversation, p) in enumerate(zip(conversations, prompts)):
+            letters = conversation["letters"]
+            allowed = torch.tensor([letter_token(tokenizer, x) for x in letters], device=device)  # (L,)
+            scores = logits[row, len(p) - 1, allowed]  # (L,) logits of the allowed letters only
+            correct += int(task.evaluate(conversation, letters[int(scores.argmax())]))
+            total += 1
+    return correct, total
+
+
+def sample_completions(engine, tokenizer, prompt: list[int], num_samples: int, max_tokens: int,
+                       temperature: float, top_k: int | None, seed: int) -> tuple[list[list[int]], list[list[int]], list[bool]]:
+    """num_samples completions of prompt: (token ids, masks, finished). A finished completion ends with
+    <|assistant_end|> (kept, mask 1, so RL can reward stopping); masks are 0 for forced tool output."""
+    positions = engine.model.cos.size(1)
+    budget = max(1, min(max_tokens, positions - len(prompt) - 1))
+    end = tokenizer.encode_special("<|assistant_end|>")
+    seqs, masks = engine.generate_batch(prompt, num_samples=num_samples, max_tokens=budget,
+                                        temperature=temperature, top_k=top_k, seed=seed)
+    out_ids, out_masks, finished = [], [], []
+    for seq, mask in zip(seqs, masks):
+        ids, m = seq[len(prompt):], mask[len(prompt):]
+        done = len(ids) < budget  # generate_batch drops the terminal token: stopping early means it was sampled
+        if done:
+            ids, m = ids + [end], m + [1]
+        out_ids.append(ids)
+        out_masks.append(m)
+        finished.append(done)
+    return out_ids, out_masks, finished
+
+
+def generative_pass(engine, tokenizer, task, indices: list[int], num_samples: int = 1, max_tokens: int = 256,
+                    temperature: float = 0.0, top_k: int | None = None, seed: int = 42) -> tuple[int, int]:
+    """(solved, total) over task[indices]: a problem is solved when any of its samples passes (pass@k)."""
+    bos = tokenizer.get_bos_token_id()
+    stop = {tokenizer.encode_special("<|assistant_end|>"), bos}
+    solved = total = 0
+    for i in indices:
+        conversation = task[i]
+        prompt = fit_prompt(tokenizer.render_for_completion(conversation), engine.model.config.sequence_len, bos)
+        completions, _, _ = sample_completions(engine, tokenizer, prompt, num_samples, max_tokens, temperature, top_k,
+                                               seed + i)
+        texts = [tokenizer.decode([t for t in c if t not in stop]) for c in completions]
+        solved += int(any(task.evaluate(conversation, t) for t in texts))
+        total += 1
+    return solved, total

@@ -1,0 +1,60 @@
+"""The two halves of on-policy RL with a verifiable reward: rollouts and the policy-gradient loss.
+
+Advantage = reward − mean reward of the problem's samples; the loss is −Σ advantage · log p over
+sampled tokens only (prompt and forced tool output masked), divided by the number of those tokens
+in the whole step so every sampled token weighs the same.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from nanochat.chat_metrics import fit_prompt, sample_completions
+from nanochat.dataloader import padded_batch
+
+
+@dataclass
+class Rollout:
+    prompt: list[int]
+    completions: list[list[int]]  # sampled ids, <|assistant_end|> kept when the sample stopped by itself
+    masks: list[list[int]]  # 1 = sampled, 0 = forced tool output
+    rewards: torch.Tensor  # (k,)
+
+    @property
+    def advantages(self) -> torch.Tensor:
+        return self.rewards - self.rewards.mean()
+
+    def num_sampled(self) -> int:
+        return sum(sum(m) for m in self.masks)
+
+
+@torch.no_grad()
+def rollout(engine, tokenizer, task, index: int, num_samples: int, max_tokens: int, temperature: float = 1.0,
+            top_k: int | None = None, seed: int = 0, autocast=None) -> Rollout:
+    """Sample num_samples completions for task[index] and score each with task.reward."""
+    conversation = task[index]
+    bos = tokenizer.get_bos_token_id()
+    prompt = fit_prompt(tokenizer.render_for_completion(conversation), engine.model.config.sequence_len, bos)
+    with autocast or nullcontext():
+        ids, masks, _ = sample_completions(engine, tokenizer, prompt, num_samples, max_tokens, temperature, top_k, seed)
+    end = tokenizer.encode_special("<|assistant_end|>")
+    texts = [tokenizer.decode([t for t in c if t not in (bos, end)]) for c in ids]
+    rewards = torch.tensor([float(task.reward(conversation, t)) for t in texts])
+    return Rollout(prompt, ids, masks, rewards)
+
+
+def policy_gradient_backward(model, rollout_: Rollout, num_tokens: float, scale: float = 1.0, autocast=None) -> float:
+    """Backward of Σ_samples Σ_sampled tokens −advantage · log p, divided by num_tokens (the step's
+    sampled-token count) and multiplied by `scale` (the world size: the optimizer averages gradients
+    over processes). Returns the loss value."""
+    rows = [(rollout_.prompt + c, [0] * len(rollout_.prompt) + m) for c, m in zip(rollout_.completions, rollout_.masks)]
+    x, y = padded_batch(rows, pad_id=rollout_.prompt[0], device=model.get_device())
+    with autocast or nullcontext():
+        nll = model(x, y, loss_reduction="none").float()  # (k, L); 0 where y == -1
+    adv = rollout_.advantages.to(nll.device)[:, None]  # (k, 1)
+    loss = (nll * adv).sum() * scale / max(1.0, num_tokens)
+    loss.backward()
+    return loss.item()

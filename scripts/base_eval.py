@@ -1,0 +1,87 @@
+"""Evaluate a model with CORE: 22 few-shot in-context tasks (DCLM), see nanochat/core_eval.py.
+
+    python -m scripts.base_eval --device-type=cpu --max-per-task=20          # CPU, a few minutes
+    torchrun --standalone --nproc_per_node=8 -m scripts.base_eval             # 8 GPUs, the whole CORE
+    python -m scripts.base_eval -i mid --model-tag=d20 --step=800             # any stage and step
+
+Tasks come from the DCLM eval bundle (local copy, else downloaded), else from the offline hub,
+where 20 of the 22 tasks exist: that result is labelled "CORE (offline, 20 tasks)".
+Writes <base>/base_eval/<stage>_<tag>_step<NNNNNN>.csv (one row per task: accuracy, centered)
+and the "Base model evaluation" section of the report.
+"""
+
+import argparse
+import csv
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from nanochat.checkpoint_manager import CheckpointError, find_model_tag, last_step, load_model, stage_dir
+from nanochat.common import autodetect_dtype, compute_cleanup, compute_init, get_base_dir, print0, setup_logging
+from nanochat.core_eval import SOURCES, evaluate_core
+from nanochat.report import log_section
+
+# -------------------------------------------------------------------------------------------------
+parser = argparse.ArgumentParser(description="CORE evaluation of a model checkpoint.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("-i", "--stage", default="base", choices=["base", "mid", "sft", "rl"], help="which checkpoints")
+parser.add_argument("-g", "--model-tag", default=None, help="model tag (default: the deepest d<N> of the stage)")
+parser.add_argument("-s", "--step", type=int, default=-1, help="checkpoint step (-1 = the last one)")
+parser.add_argument("--max-per-task", type=int, default=-1, help="items per task, a seeded subset (-1 = all)")
+parser.add_argument("--data-source", default="auto", choices=SOURCES,
+                    help="auto: local eval bundle, else online bundle, else offline hub; online/offline: force one")
+parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
+parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
+args = parser.parse_args()
+if args.max_per_task == 0 or args.max_per_task < -1:
+    parser.error(f"--max-per-task must be positive or -1 (all), got {args.max_per_task}")
+setup_logging()
+
+# -------------------------------------------------------------------------------------------------
+ddp, rank, local_rank, world_size, device = compute_init(args.device_type)
+dtype_name = autodetect_dtype(device.type) if args.dtype == "auto" else args.dtype
+autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype_name == "bfloat16" else nullcontext()
+try:
+    model_tag = args.model_tag or find_model_tag(stage_dir(args.stage))
+    step = last_step(stage_dir(args.stage) / model_tag) if args.step == -1 else args.step
+    model, tokenizer, meta = load_model(args.stage, device, phase="eval", model_tag=model_tag, step=step)
+except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    compute_cleanup()
+    sys.exit(1)
+print0(f"evaluating {args.stage} model {model_tag} step {step} on {device} ({dtype_name}, {world_size} processes)")
+
+# -------------------------------------------------------------------------------------------------
+t0 = time.time()
+result = evaluate_core(model, tokenizer, device, max_per_task=args.max_per_task, autocast=autocast,
+                       source=args.data_source)
+elapsed = time.time() - t0
+label, core = result["label"], result["core"]
+subset = "" if args.max_per_task == -1 else f" (at most {args.max_per_task} items per task)"
+print0(f"{label}: {core:.4f}{subset} in {elapsed:.0f}s")
+
+# -------------------------------------------------------------------------------------------------
+if rank == 0:
+    out_dir = get_base_dir() / "base_eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / f"{args.stage}_{model_tag}_step{step:06d}.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", "type", "shots", "items", "accuracy", "random_baseline", "centered"])
+        for name, r in result["tasks"].items():
+            w.writerow([name, r["type"], r["shots"], r["items"], f"{r['accuracy']:.6f}", r["random_baseline"],
+                        f"{r['centered']:.6f}"])
+        w.writerow([label, "", "", "", "", "", f"{core:.6f}"])
+    print0(f"per-task results: {csv_path}")
+    table = ["| task | type | shots | items | accuracy | centered |", "|---|---|---|---|---|---|"]
+    table += [f"| {name} | {r['type']} | {r['shots']} | {r['items']} | {r['accuracy']:.4f} | {r['centered']:.4f} |"
+              for name, r in result["tasks"].items()]
+    log_section("Base model evaluation", [
+        {"model": f"{args.stage}/{model_tag} step {step}", "tasks from": result["source"],
+         "max per task": args.max_per_task if args.max_per_task > 0 else "all", "seconds": f"{elapsed:.1f}",
+         label: core},
+        "\n".join(table),
+    ], metrics={label: core})
+compute_cleanup()

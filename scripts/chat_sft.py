@@ -1,0 +1,215 @@
+"""Supervised finetuning: whole conversations, loss only on the tokens the assistant must produce.
+
+    python -m scripts.chat_sft --device-batch-size=4 --num-iterations=50
+    torchrun --standalone --nproc_per_node=8 -m scripts.chat_sft
+    python -m scripts.chat_sft -i base ...          # finetune straight from the base model
+
+Batches are padded conversations (render_conversation's mask 1 = supervised); the loss is summed
+over supervised tokens and divided by their count over the whole optimizer step (all micro-batches
+and processes), so a micro-batch with nothing supervised contributes zero, never NaN. Gradient
+accumulation reaches --target-examples-per-step. Reads <base>/mid_checkpoints (or base), writes
+<base>/sft_checkpoints/<tag>/.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from nanochat.checkpoint_manager import CheckpointError, load_model, save_checkpoint, stage_dir
+from nanochat.chat_metrics import categorical_accuracy, spread_indices
+from nanochat.common import compute_cleanup, compute_init, get_base_dir, peak_flops, print0, setup_logging
+from nanochat.dataloader import padded_batch
+from nanochat.report import log_section
+from nanochat.training import StepLog, init_wandb, lr_multiplier, oom_exit, precision, set_lr
+from tasks.arc import ARC
+from tasks.common import TaskDataError, TaskMixture
+from tasks.customjson import CustomJSON
+from tasks.gsm8k import GSM8K
+from tasks.mmlu import MMLU
+from tasks.smoltalk import SmolTalk
+from tasks.spellingbee import SimpleSpelling, SpellingBee
+from tasks.toolmath import SyntheticMath
+
+# -------------------------------------------------------------------------------------------------
+parser = argparse.ArgumentParser(description="Supervised finetuning on conversations.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("--run", default="dummy", help="wandb run name ('dummy' = no wandb)")
+parser.add_argument("-i", "--source", default="mid", choices=["base", "mid"], help="stage to start from")
+parser.add_argument("--model-tag", default=None, help="model tag to start from (default: the deepest)")
+parser.add_argument("--step", type=int, default=None, help="checkpoint step to start from (default: the last)")
+parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
+parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
+parser.add_argument("--device-batch-size", type=int, default=4, help="conversations per forward pass per process")
+parser.add_argument("--target-examples-per-step", type=int, default=32, help="conversations per optimizer step")
+parser.add_argument("--num-epochs", type=int, default=1, help="passes over the mixture")
+parser.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = from --num-epochs)")
+parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embedding (scaled by width)")
+parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of the head (scaled by width)")
+parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr of the block matrices")
+parser.add_argument("--init-lr-frac", type=float, default=0.02, help="learning rates relative to the flags above")
+parser.add_argument("--eval-every", type=int, default=100, help="val loss every N steps (-1 = only at the end)")
+parser.add_argument("--eval-examples", type=int, default=256, help="validation conversations per val loss")
+parser.add_argument("--metrics-every", type=int, default=200, help="quick ARC/MMLU accuracy every N steps (-1 = end)")
+parser.add_argument("--metrics-max-problems", type=int, default=256, help="problems per task in the quick eval")
+parser.add_argument("--identity-path", default=None,
+                    help="identity conversations jsonl (default <base>/identity_conversations.jsonl)")
+args = parser.parse_args()
+for name in ("device_batch_size", "target_examples_per_step", "num_epochs", "eval_examples", "metrics_max_problems"):
+    if getattr(args, name) <= 0:
+        parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+setup_logging()
+
+# -------------------------------------------------------------------------------------------------
+ddp, rank, local_rank, world_size, device = compute_init(args.device_type)
+master = rank == 0
+dtype_name, autocast = precision(device.type, args.dtype)
+wandb_run = init_wandb(args.run, master, vars(args), project="nanochat-sft")
+try:
+    model, tokenizer, src_meta = load_model(args.source, device, phase="train", model_tag=args.model_tag,
+                                            step=args.step)
+except CheckpointError as e:
+    raise SystemExit(f"chat_sft: {e}")
+config = model.config
+model_tag = args.model_tag or src_meta["args"].get("model_tag") or f"d{config.n_layer}"
+pad_id = tokenizer.get_bos_token_id()  # any id: padded positions have target -1
+
+identity_path = args.identity_path or os.path.join(get_base_dir(), "identity_conversations.jsonl")
+train_tasks = [ARC("ARC-Easy", "train"), ARC("ARC-Challenge", "train"), SmolTalk("train", stop=10_000),
+               SyntheticMath(2000, "train", seed=7), SimpleSpelling(300, "train", seed=7), SpellingBee(300, "train", seed=7)]
+try:
+    train_tasks.append(GSM8K("main", "train"))
+except TaskDataError:
+    print0("chat_sft: GSM8K train unavailable: synthetic word problems teach the tool instead")
+if os.path.isfile(identity_path):
+    train_tasks.append(CustomJSON(identity_path))
+train_mix = TaskMixture(train_tasks)
+val_mix = TaskMixture([SmolTalk("test")])
+examples_per_fwdbwd = args.device_batch_size * world_size
+if args.target_examples_per_step % examples_per_fwdbwd != 0:
+    parser.error(f"--target-examples-per-step={args.target_examples_per_step} is not divisible by device_batch_size × "
+                 f"processes = {examples_per_fwdbwd}")
+grad_accum_steps = args.target_examples_per_step // examples_per_fwdbwd
+num_iterations = (args.num_iterations if args.num_iterations > 0
+                  else max(1, args.num_epochs * len(train_mix) // args.target_examples_per_step))
+print0(f"sft: {len(train_mix):,} conversations, {args.target_examples_per_step} per step = {args.device_batch_size} × "
+       f"{world_size} processes × {grad_accum_steps} accumulation; {num_iterations:,} steps; dtype {dtype_name}")
+
+
+def batches(task, start: int = 0):
+    """Forever: this rank's micro-batches of the task, in order (rank r takes every W-th batch)."""
+    i = start
+    while True:
+        idx = [(i + rank * args.device_batch_size + b) % len(task) for b in range(args.device_batch_size)]
+        rows = [tokenizer.render_conversation(task[j], max_tokens=config.sequence_len + 1) for j in idx]
+        yield padded_batch(rows, pad_id, device)
+        i += args.device_batch_size * world_size
+
+
+def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if ddp:
+        dist.all_reduce(t)
+    return t
+
+
+@torch.no_grad()
+def val_loss() -> float:
+    """Mean loss per supervised token over the first --eval-examples validation conversations."""
+    model.eval()
+    total, count = torch.zeros((), device=device), torch.zeros((), device=device)
+    it = batches(val_mix)
+    for _ in range(max(1, args.eval_examples // examples_per_fwdbwd)):
+        x, y = next(it)
+        with autocast:
+            total += model(x, y, loss_reduction="none").float().sum()
+        count += (y >= 0).sum()
+    model.train()
+    return (reduce_sum(total) / reduce_sum(count).clamp(min=1)).item()
+
+
+def quick_metrics() -> dict[str, float]:
+    model.eval()
+    out = {}
+    for name, task in (("ARC-Easy", ARC("ARC-Easy", "test")), ("MMLU", MMLU("all", "test"))):
+        indices = spread_indices(len(task), args.metrics_max_problems)[rank::world_size]
+        counts = torch.tensor(categorical_accuracy(model, tokenizer, task, indices, args.device_batch_size, autocast),
+                              device=device)
+        correct, total = reduce_sum(counts).tolist()
+        out[name] = correct / max(1, total)
+    model.train()
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
+                                    matrix_lr=args.matrix_lr)
+for opt in optimizers:
+    for group in opt.param_groups:
+        group["initial_lr"] = group["lr"] = group["lr"] * args.init_lr_frac
+train_iter = batches(train_mix)
+steplog = StepLog(num_iterations, model.estimate_flops(), peak_flops(device.type, dtype_name), world_size)
+history = {"step": [], "train_loss": [], "val_step": [], "val_loss": []}
+val, metrics = float("nan"), {}
+step = 0
+while True:
+    last_step = step == num_iterations
+    if last_step or (args.eval_every > 0 and step % args.eval_every == 0):
+        val = val_loss()
+        history["val_step"].append(step)
+        history["val_loss"].append(val)
+        print0(f"step {step:05d}/{num_iterations:05d} | val loss {val:.4f}")
+    if last_step or (args.metrics_every > 0 and step > 0 and step % args.metrics_every == 0):
+        metrics = quick_metrics()
+        print0(f"step {step:05d}/{num_iterations:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if wandb_run and (last_step or step % max(1, args.eval_every) == 0):
+        wandb_run.log({"step": step, "val/loss": val, **{f"val/{k}": v for k, v in metrics.items()}})
+    if last_step:
+        break
+
+    t0 = time.time()
+    try:
+        micro = [next(train_iter) for _ in range(grad_accum_steps)]
+        # normalise by the supervised tokens of the whole step, over every process
+        num_tokens = reduce_sum(sum((y >= 0).sum() for _, y in micro).float()).clamp(min=1)
+        step_loss = torch.zeros((), device=device)
+        for x, y in micro:
+            with autocast:
+                loss_sum = model(x, y, loss_reduction="none").float().sum()
+            # the optimizer averages gradients over processes, hence × world_size
+            (loss_sum * world_size / num_tokens).backward()
+            step_loss += loss_sum.detach()
+        lrm = lr_multiplier(step, num_iterations, 0.0, 1.0, 0.0)  # linear decay to zero
+        set_lr(optimizers, lrm)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+    except torch.OutOfMemoryError:
+        oom_exit(args.device_batch_size)
+    dt = time.time() - t0
+    step += 1
+    train_loss = (reduce_sum(step_loss) / num_tokens).item()
+    line, numbers = steplog.update(step, train_loss, lrm, dt, int(num_tokens.item()))
+    history["step"].append(step)
+    history["train_loss"].append(numbers["loss"])
+    print0(line)
+    if wandb_run:
+        wandb_run.log({"step": step, **{f"train/{k}": v for k, v in numbers.items()}})
+
+# -------------------------------------------------------------------------------------------------
+checkpoint_dir = stage_dir("sft") / model_tag
+save_checkpoint(checkpoint_dir, step, model, optimizers,
+                {"model_config": config.to_dict(), "args": vars(args), "source": args.source,
+                 "loop_state": {"val_loss": val, "metrics": metrics}}, rank=rank, world_size=world_size)
+if master:
+    (checkpoint_dir / "history.json").write_text(json.dumps(history))
+log_section("Chat SFT", [{"source": args.source, "model_tag": model_tag, "iterations": num_iterations,
+                          "conversations": len(train_mix), "examples_per_step": args.target_examples_per_step,
+                          "final_val_loss": val, **{f"quick_{k}": v for k, v in metrics.items()},
+                          "training_time_min": steplog.total_time / 60}])
+print0(f"done: val loss {val:.4f}; saved {checkpoint_dir}")
+if wandb_run:
+    wandb_run.finish()
+compute_cleanup()
