@@ -1,0 +1,796 @@
+"""The web chat's machinery: request validation, the worker pool, text streaming, metrics and the
+FastAPI app. `scripts/chat_web.py` parses flags, loads the model replicas and runs this app.
+
+    POST /v1/chat/completions   OpenAI-compatible chat completions, streaming (SSE) or not
+    GET  /v1/models             the one model served
+    GET  /health                200 once a model replica is loaded, 503 before
+    GET  /metrics               Prometheus text
+    GET  /                      the chat UI (nanochat/ui.html)
+
+How a request flows: the handler validates the JSON on the event loop (cheap: a tokenization),
+then waits for a free replica in a bounded FIFO queue (503 + Retry-After when the queue is full or
+the wait passes the deadline). Each replica has one thread of its own that runs Engine.generate
+and turns tokens into text; the text comes back to the event loop through an asyncio queue. The
+thread checks a cancel flag after every token, so a client that goes away frees its replica
+within one decode step.
+
+Tool calls are shown inline as text, one convention everywhere (API, UI, CLI-like clients):
+
+    <|python_start|>2+3<|python_end|><|output_start|>5<|output_end|>   ->   "[calculator: 2+3 = 5]"
+
+Other special tokens the model might emit (a base model emits anything) are not shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("nanochat.serving")
+
+# -------------------------------------------------------------------------------------------------
+# Limits. Generous for chat, small enough that no request can make the server slow for everyone.
+
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: fits MAX_TOTAL_CHARS even when every character is a \uXXXX escape
+MAX_MESSAGES = 256
+MAX_MESSAGE_CHARS = 32_000
+MAX_TOTAL_CHARS = 128_000
+TEMPERATURE_MAX = 2.0
+TOP_K_MAX = 200
+MAX_STOP_SEQUENCES = 4  # as OpenAI
+MAX_STOP_CHARS = 256
+MAX_SEED = 2**63 - 1
+RETRY_AFTER_SECONDS = 1  # what a 503 asks the client to wait before trying again
+TOOL_OPEN, TOOL_EQUALS, TOOL_CLOSE = "[calculator: ", " = ", "]"
+
+UI_PATH = Path(__file__).with_name("ui.html")
+
+
+# -------------------------------------------------------------------------------------------------
+# Errors: every failure a client can cause is one of these, turned into an OpenAI-style body.
+
+
+class RequestError(Exception):
+    """An HTTP error with an OpenAI-style body {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def invalid(message: str, param: str | None, code: str = "invalid_value") -> RequestError:
+    return RequestError(400, message, param=param, code=code)
+
+
+def busy(message: str, code: str) -> RequestError:
+    return RequestError(503, message, code=code, type="overloaded_error",
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request got a replica."""
+
+
+# -------------------------------------------------------------------------------------------------
+# Request validation
+
+
+@dataclass
+class SamplingDefaults:
+    """Server-side defaults for fields a request leaves out (flags of chat_web)."""
+
+    temperature: float = 0.6
+    top_k: int = 50
+    max_tokens: int = 512
+
+
+@dataclass
+class ChatRequest:
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_k: int
+    seed: int
+    stop: list[str]
+    stream: bool
+    include_usage: bool
+    model: str
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except RecursionError:  # "[[[[...": json recurses once per level
+        raise invalid("the JSON body is nested too deeply", None, "invalid_json") from None
+    except ValueError as e:  # includes invalid UTF-8
+        raise invalid(f"the body is not valid JSON: {e}", None, "invalid_json") from None
+
+
+def _number(payload: dict, name: str, lo: float, hi: float, integer: bool, default):
+    value = payload.get(name)
+    if value is None:
+        return default
+    # bool is an int in Python; JSON true is not a number
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise invalid(f"'{name}' must be {kind}, got {json.dumps(value)[:50]}", name, "invalid_type")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise invalid(f"'{name}' must be a finite number, got {value}", name)
+    if not lo <= value <= hi:
+        raise invalid(f"'{name}' must be between {lo} and {hi}, got {value}", name)
+    return value
+
+
+def _content_text(content: Any, param: str) -> str:
+    """A message's content: a str, or OpenAI's list of {"type": "text", "text": str} parts."""
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise invalid(f"{param}[{j}] must be a {{'type': 'text', 'text': str}} part (only text is supported)",
+                              f"{param}[{j}]", "invalid_type")
+            texts.append(part["text"])
+        content = "".join(texts)
+    if not isinstance(content, str):
+        raise invalid(f"{param} must be a string", param, "invalid_type")
+    return content
+
+
+def parse_messages(messages: Any) -> list[dict]:
+    """Validate OpenAI messages into [{"role", "content": str}] for render_for_completion."""
+    if messages is None:
+        raise invalid("'messages' is required", "messages", "missing_required_parameter")
+    if not isinstance(messages, list):
+        raise invalid("'messages' must be a list of {role, content} objects", "messages", "invalid_type")
+    if not messages:
+        raise invalid("'messages' must not be empty", "messages")
+    if len(messages) > MAX_MESSAGES:
+        raise invalid(f"too many messages: {len(messages)} > {MAX_MESSAGES}", "messages")
+    out, total = [], 0
+    for i, msg in enumerate(messages):
+        param = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise invalid(f"{param} must be an object with 'role' and 'content'", param, "invalid_type")
+        role = msg.get("role")
+        if role not in ("system", "user", "assistant"):
+            raise invalid(f"{param}.role must be 'system', 'user' or 'assistant', got {json.dumps(role)[:50]}",
+                          f"{param}.role")
+        if role == "system" and i != 0:
+            raise invalid(f"{param}: a system message is only allowed first", f"{param}.role")
+        content = _content_text(msg.get("content"), f"{param}.content")
+        if not content.strip():
+            raise invalid(f"{param}.content is empty", f"{param}.content")
+        if len(content) > MAX_MESSAGE_CHARS:
+            raise invalid(f"{param}.content has {len(content):,} characters, more than {MAX_MESSAGE_CHARS:,}",
+                          f"{param}.content")
+        total += len(content)
+        out.append({"role": role, "content": content})
+    if total > MAX_TOTAL_CHARS:
+        raise invalid(f"the messages have {total:,} characters in total, more than {MAX_TOTAL_CHARS:,}", "messages")
+    turns = out[1:] if out[0]["role"] == "system" else out
+    for i, msg in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if msg["role"] != expected:
+            idx = i + (len(out) - len(turns))
+            raise invalid(f"messages[{idx}] should be from the {expected}: after an optional system message, "
+                          "roles alternate user/assistant, starting and ending with the user", f"messages[{idx}].role")
+    if not turns or turns[-1]["role"] != "user":
+        raise invalid("the last message must be from the user", "messages")
+    return out
+
+
+def parse_chat_request(payload: Any, tokenizer, context_len: int, defaults: SamplingDefaults) -> ChatRequest:
+    """Validate a decoded JSON body; raises RequestError(400) naming the bad field."""
+    if not isinstance(payload, dict):
+        raise invalid("the body must be a JSON object", None, "invalid_type")
+    messages = parse_messages(payload.get("messages"))
+    temperature = float(_number(payload, "temperature", 0.0, TEMPERATURE_MAX, False, defaults.temperature))
+    # top_p is accepted for client compatibility and validated, but sampling uses top_k only
+    _number(payload, "top_p", 0.0, 1.0, False, 1.0)
+    top_k = _number(payload, "top_k", 0, TOP_K_MAX, True, defaults.top_k)
+    n = payload.get("n")
+    if n is not None and (type(n) is not int or n != 1):
+        raise invalid("only n=1 is supported: send one request per choice", "n")
+    max_name = "max_completion_tokens" if payload.get("max_tokens") is None else "max_tokens"
+    max_tokens = _number(payload, max_name, 1, context_len, True, None)
+    seed = _number(payload, "seed", 0, MAX_SEED, True, None)
+    seed = secrets.randbelow(2**31) if seed is None else seed  # unseeded requests differ, like OpenAI's
+    stream = payload.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise invalid("'stream' must be true or false", "stream", "invalid_type")
+    options = payload.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise invalid("'stream_options' must be an object", "stream_options", "invalid_type")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise invalid("'stream_options.include_usage' must be true or false", "stream_options.include_usage",
+                      "invalid_type")
+    model = payload.get("model") or ""  # "" = the server's model name
+    if not isinstance(model, str) or len(model) > 256:
+        raise invalid("'model' must be a string (it is ignored: this server has one model)", "model", "invalid_type")
+    stop = payload.get("stop")
+    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise invalid("'stop' must be a string or a list of strings", "stop", "invalid_type")
+    if len(stop) > MAX_STOP_SEQUENCES or not all(0 < len(s) <= MAX_STOP_CHARS for s in stop):
+        raise invalid(f"'stop' takes up to {MAX_STOP_SEQUENCES} non-empty strings of at most {MAX_STOP_CHARS} "
+                      "characters", "stop")
+
+    try:
+        prompt_ids = tokenizer.render_for_completion({"messages": messages})
+    except ValueError as e:  # the renderer's own checks, should ours ever miss one
+        raise invalid(str(e), "messages") from None
+    room = context_len - len(prompt_ids)
+    if max_tokens is None:
+        if room < 1:
+            raise invalid(f"the conversation is {len(prompt_ids):,} tokens, the model's context is {context_len:,}: "
+                          "shorten it or start a new conversation", "messages", "context_length_exceeded")
+        max_tokens = min(defaults.max_tokens, room)
+    elif max_tokens > room:
+        raise invalid(f"the conversation ({len(prompt_ids):,} tokens) plus {max_name}={max_tokens:,} is more than "
+                      f"the model's context of {context_len:,} tokens: lower {max_name} or shorten the conversation",
+                      max_name, "context_length_exceeded")
+    return ChatRequest(prompt_ids, max_tokens, temperature, top_k, seed, stop, stream, include_usage, model)
+
+
+# -------------------------------------------------------------------------------------------------
+# Tokens -> text
+
+
+class TextAssembler:
+    """Turns the engine's tokens into text deltas: UTF-8 safe (via the engine's StreamDecoder),
+    tool calls written with the calculator convention, stop strings cut out.
+
+    feed(token) returns the text that is now final (possibly ""); finish() returns the tail. When
+    `finish_reason` becomes "stop" (an end token or a stop string) the caller stops feeding."""
+
+    def __init__(self, tokenizer, stop: list[str] | None = None):
+        from nanochat.engine import StreamDecoder
+
+        self.decoder = StreamDecoder(tokenizer)
+        self.stop = stop or []
+        self.pending = ""  # text held back because it may be the start of a stop string
+        self.finish_reason: str | None = None
+        sp = {name: tokenizer.encode_special(name) for name in tokenizer.get_special_tokens()}
+        self.end_ids = {sp["<|assistant_end|>"], sp["<|bos|>"]}
+        self.special_ids = set(sp.values())
+        self.markers = {sp["<|python_start|>"]: TOOL_OPEN, sp["<|output_start|>"]: TOOL_EQUALS,
+                        sp["<|output_end|>"]: TOOL_CLOSE}
+        self.python_end, self.output_start = sp["<|python_end|>"], sp["<|output_start|>"]
+        self.in_tool = False  # between "[calculator: " and "]"
+        self.after_call = False  # just saw <|python_end|>: the forced output should follow
+
+    def feed(self, token: int) -> str:
+        if self.finish_reason is not None:
+            return ""
+        if token in self.end_ids:
+            self.finish_reason = "stop"
+            return self._release(self._close(), final=True)
+        if token not in self.special_ids:
+            if self.after_call:  # a call with no output (should not happen): close it before going on
+                return self._release(self._close() + self.decoder.feed(token))
+            return self._release(self.decoder.feed(token))
+        # a special token: whatever bytes were pending belong before it
+        text = self.decoder.flush()
+        if token == self.python_end:
+            self.after_call = self.in_tool
+        elif token in self.markers:
+            marker = self.markers[token]
+            if marker == TOOL_OPEN:
+                text += self._close() + marker
+                self.in_tool = True
+            elif marker == TOOL_EQUALS and self.in_tool:
+                text += marker
+                self.after_call = False
+            elif marker == TOOL_CLOSE and self.in_tool:
+                text += marker
+                self.in_tool = self.after_call = False
+        return self._release(text)
+
+    def finish(self) -> str:
+        """The tail: bytes held by the decoder, an unclosed tool call's bracket, held-back text."""
+        if self.finish_reason == "stop":  # everything before the end was already released
+            return ""
+        return self._release(self._close(), final=True)
+
+    def _close(self) -> str:
+        text = self.decoder.flush()
+        if self.in_tool:
+            text += TOOL_CLOSE
+        self.in_tool = self.after_call = False
+        return text
+
+    def _release(self, text: str, final: bool = False) -> str:
+        if not self.stop:
+            return text
+        text = self.pending + text
+        self.pending = ""
+        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.finish_reason = "stop"
+            return text[: min(hits)]
+        if not final:
+            # hold back the longest tail that could still grow into a stop string
+            keep = max((k for s in self.stop for k in range(min(len(s) - 1, len(text)), 0, -1)
+                        if s.startswith(text[-k:])), default=0)
+            if keep:
+                self.pending = text[-keep:]
+                return text[:-keep]
+        return text
+
+
+# -------------------------------------------------------------------------------------------------
+# Metrics
+
+
+class Metrics:
+    """Prometheus metrics in a registry of their own (one per app, so tests can build several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.running = Gauge("nanochat_requests_running", "requests generating on a replica", registry=r)
+        self.waiting = Gauge("nanochat_requests_waiting", "requests queued for a free replica", registry=r)
+        self.replicas = Gauge("nanochat_replicas", "engine replicas loaded", registry=r)
+        self.rejected = Counter("nanochat_requests_rejected", "requests refused, by reason", ["reason"], registry=r)
+        self.finished = Counter("nanochat_requests_finished", "generations that ended, by finish reason",
+                                ["reason"], registry=r)
+        self.ttft = Histogram("nanochat_time_to_first_token_seconds", "arrival to first generated token", registry=r,
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.itl = Histogram("nanochat_inter_token_latency_seconds", "time between consecutive tokens", registry=r,
+                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.prompt_tokens = Counter("nanochat_prompt_tokens", "prompt tokens prefilled", registry=r)
+        self.generated_tokens = Counter("nanochat_generated_tokens", "tokens generated (tool output included)",
+                                        registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# -------------------------------------------------------------------------------------------------
+# The worker pool
+
+
+@dataclass
+class Replica:
+    engine: Any  # nanochat.engine.Engine (or anything with its generate())
+    name: str
+    executor: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.name}")
+
+
+class Job:
+    """One generation: events flow from the replica's thread to the event loop.
+
+    Events: ("text", str) | ("finish", finish_reason, completion_tokens) | ("error", message)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, request: ChatRequest, arrival: float):
+        self.loop, self.request, self.arrival = loop, request, arrival
+        self.cancelled = threading.Event()
+        self._events: asyncio.Queue = asyncio.Queue()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def emit(self, event: tuple) -> None:  # called from the replica thread
+        try:
+            self.loop.call_soon_threadsafe(self._events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: the server is shutting down
+            pass
+
+    async def events(self) -> AsyncIterator[tuple]:
+        while True:
+            event = await self._events.get()
+            yield event
+            if event[0] != "text":
+                return
+
+    async def result(self) -> tuple[str, str | None, int, str | None]:
+        """(text, finish_reason, completion_tokens, error) once the generation ends."""
+        parts = []
+        async for event in self.events():
+            if event[0] == "text":
+                parts.append(event[1])
+            elif event[0] == "finish":
+                return "".join(parts), event[1], event[2], None
+            else:
+                return "".join(parts), None, 0, event[1]
+        raise AssertionError("unreachable")
+
+
+class WorkerPool:
+    """Engine replicas, each with its own thread, behind a bounded FIFO queue.
+
+    Every method except the replica threads' work runs on the event loop, so there are no locks:
+    `_free` and `_waiters` are only touched there (threads hand replicas back with
+    call_soon_threadsafe)."""
+
+    def __init__(self, queue_size: int, wait_timeout: float, metrics: Metrics):
+        self.queue_size, self.wait_timeout, self.metrics = queue_size, wait_timeout, metrics
+        self.replicas: list[Replica] = []
+        self.tokenizer = None
+        self.context_len = 0
+        self.load_error: str | None = None
+        self._free: list[Replica] = []
+        self._waiters: deque[asyncio.Future] = deque()
+        self._jobs: set[Job] = set()  # generating now (set.add/discard are atomic under the GIL)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.replicas)
+
+    def add_replicas(self, engines: list, tokenizer, context_len: int) -> None:
+        self.tokenizer, self.context_len = tokenizer, context_len
+        for engine in engines:
+            replica = Replica(engine, str(len(self.replicas)))
+            self.replicas.append(replica)
+            self.release(replica)
+        self.metrics.replicas.set(len(self.replicas))
+
+    def release(self, replica: Replica) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(replica)
+                return
+        self._free.append(replica)
+
+    async def acquire(self, gone: asyncio.Future | None = None) -> Replica:
+        """A free replica, waiting at most `wait_timeout` in FIFO order; 503 RequestError when the
+        queue is full or the wait runs out; ClientGone if `gone` completes first."""
+        if self._free:
+            return self._free.pop()
+        if len(self._waiters) >= self.queue_size:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise busy(f"the server is busy ({len(self.replicas)} replica(s) generating, {len(self._waiters)} "
+                       "request(s) waiting): retry shortly", "queue_full")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.metrics.waiting.inc()
+        try:
+            await asyncio.wait([waiter] + ([gone] if gone is not None else []), timeout=self.wait_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())  # handed to us just as we were cancelled
+            raise
+        finally:
+            self.metrics.waiting.dec()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        if waiter.done():
+            if gone is not None and gone.done():
+                self.release(waiter.result())
+                raise ClientGone()
+            return waiter.result()
+        waiter.cancel()
+        if gone is not None and gone.done():
+            raise ClientGone()
+        self.metrics.rejected.labels("queue_timeout").inc()
+        raise busy(f"no replica became free within {self.wait_timeout:g}s: the server is busy, retry shortly",
+                   "queue_timeout")
+
+    async def submit(self, request: ChatRequest, arrival: float, gone: asyncio.Future | None = None) -> Job:
+        """Queue for a replica, then start generating on its thread."""
+        replica = await self.acquire(gone)
+        job = Job(asyncio.get_running_loop(), request, arrival)
+        self._jobs.add(job)
+        self.metrics.running.inc()
+        try:
+            replica.executor.submit(self._generate, replica, job)
+        except RuntimeError:  # executor shut down
+            self._jobs.discard(job)
+            self.metrics.running.dec()
+            self.release(replica)
+            raise busy("the server is shutting down", "shutting_down") from None
+        return job
+
+    def _generate(self, replica: Replica, job: Job) -> None:
+        """Runs on the replica's thread: generate, detokenize, emit; always give the replica back."""
+        m, req = self.metrics, job.request
+        n_tokens, finish_reason = 0, None
+        try:
+            if job.cancelled.is_set():  # the client left while we were queued
+                finish_reason = "cancelled"
+                return
+            m.prompt_tokens.inc(len(req.prompt_ids))
+            text = TextAssembler(self.tokenizer, req.stop)
+            gen = replica.engine.generate(req.prompt_ids, num_samples=1, max_tokens=req.max_tokens,
+                                          temperature=req.temperature, top_k=req.top_k, seed=req.seed)
+            last = job.arrival
+            try:
+                for column, _masks in gen:
+                    now = time.perf_counter()
+                    (m.ttft if n_tokens == 0 else m.itl).observe(now - last)
+                    last = now
+                    n_tokens += 1
+                    m.generated_tokens.inc()
+                    delta = text.feed(column[0])
+                    if delta:
+                        job.emit(("text", delta))
+                    if text.finish_reason or job.cancelled.is_set():
+                        break
+            finally:
+                gen.close()  # frees the engine's cache now rather than at garbage collection
+            if job.cancelled.is_set():
+                finish_reason = "cancelled"
+                return
+            tail = text.finish()
+            if tail:
+                job.emit(("text", tail))
+            finish_reason = text.finish_reason or "length"
+        except Exception as e:  # never let one request take the replica down
+            logger.exception("generation failed on replica %s", replica.name)
+            finish_reason = "error"
+            job.emit(("error", f"generation failed: {type(e).__name__}: {e}"[:500]))
+        finally:
+            self._jobs.discard(job)
+            m.running.dec()
+            m.finished.labels(finish_reason or "error").inc()
+            try:
+                job.loop.call_soon_threadsafe(self.release, replica)
+            except RuntimeError:  # loop closed at shutdown
+                pass
+            if finish_reason in ("stop", "length"):
+                job.emit(("finish", finish_reason, n_tokens))
+            elif finish_reason == "cancelled":  # only a server shutting down has a listener left to tell
+                job.emit(("error", "the generation was cancelled: the server is shutting down"))
+
+    def shutdown(self) -> None:
+        """Stop every generation at its next token and let the replica threads go."""
+        for job in list(self._jobs):
+            job.cancel()
+        for replica in self.replicas:
+            replica.executor.shutdown(wait=False, cancel_futures=True)
+
+
+# -------------------------------------------------------------------------------------------------
+# OpenAI response objects
+
+
+@dataclass
+class CompletionMeta:
+    id: str
+    created: int
+    model: str
+
+    @classmethod
+    def new(cls, model: str) -> "CompletionMeta":
+        return cls("chatcmpl-" + secrets.token_hex(12), int(time.time()), model)
+
+
+def chunk(meta: CompletionMeta, delta: dict, finish_reason: str | None = None, usage: bool = False) -> dict:
+    out = {"id": meta.id, "object": "chat.completion.chunk", "created": meta.created, "model": meta.model,
+           "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+    if usage:
+        out["usage"] = None  # OpenAI: null on every chunk but the last when include_usage is set
+    return out
+
+
+def usage_chunk(meta: CompletionMeta, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"id": meta.id, "object": "chat.completion.chunk", "created": meta.created, "model": meta.model,
+            "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion(meta: CompletionMeta, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": finish_reason}],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def sse(obj: dict | str) -> bytes:
+    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+# -------------------------------------------------------------------------------------------------
+# The HTTP app
+
+
+@dataclass
+class ServerSettings:
+    defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
+    queue_size: int = 16
+    wait_timeout: float = 30.0
+    api_key: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    model_name: str = "nanochat"
+
+
+Loader = Callable[[], tuple[list, Any, int]]  # () -> (engines, tokenizer, context_len), run in a thread
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise RequestError(413, f"the request body is larger than {limit:,} bytes", code="request_too_large")
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise RequestError(413, f"the request body is larger than {limit:,} bytes", code="request_too_large")
+    return bytes(body)
+
+
+async def _wait_disconnect(receive) -> None:
+    """Completes when the client disconnects (call only after the body has been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def create_app(settings: ServerSettings, loader: Loader) -> FastAPI:
+    """The FastAPI app. `loader` runs in a thread after start-up; /health is 503 until it returns."""
+    metrics = Metrics()
+    pool = WorkerPool(settings.queue_size, settings.wait_timeout, metrics)
+
+    async def load() -> None:
+        try:
+            engines, tokenizer, context_len = await asyncio.to_thread(loader)
+        except Exception as e:
+            logger.exception("loading the model failed")
+            pool.load_error = f"{type(e).__name__}: {e}"
+            return
+        pool.add_replicas(engines, tokenizer, context_len)
+        logger.info("ready: %d replica(s), context %d tokens", len(engines), context_len)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(load())
+        yield
+        task.cancel()
+        pool.shutdown()
+
+    app = FastAPI(title="nanochat", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.pool, app.state.metrics = pool, metrics
+    if settings.cors_origins:
+        # explicit origins only, never "*" with credentials: the API key travels in a header
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+
+    def error_response(e: RequestError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestError)
+    async def on_request_error(request: Request, e: RequestError):
+        if e.status == 400:
+            metrics.rejected.labels("invalid_request").inc()
+        return error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, e: StarletteHTTPException):
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(e.status_code, "invalid_request_error")
+        return error_response(RequestError(e.status_code, str(e.detail), type=kind, headers=dict(e.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, e: Exception):
+        logger.exception("unexpected error")
+        return error_response(RequestError(500, "internal server error", type="server_error"))
+
+    def check_api_key(request: Request) -> None:
+        if not settings.api_key:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+            metrics.rejected.labels("unauthorized").inc()
+            raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                               code="invalid_api_key", type="authentication_error",
+                               headers={"WWW-Authenticate": "Bearer"})
+
+    def require_ready() -> None:
+        if not pool.ready:
+            metrics.rejected.labels("not_ready").inc()
+            if pool.load_error:
+                raise RequestError(503, f"the model failed to load: {pool.load_error}", code="model_load_failed",
+                                   type="server_error")
+            raise busy("the model is still loading: retry shortly", "model_loading")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(UI_PATH.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
+
+    @app.get("/health")
+    async def health():
+        if not pool.ready:
+            status = "error" if pool.load_error else "loading"
+            return JSONResponse({"status": status, "error": pool.load_error}, status_code=503)
+        return {"status": "ok", "replicas": len(pool.replicas), "context_len": pool.context_len,
+                "model": settings.model_name}
+
+    @app.get("/metrics")
+    async def metrics_endpoint():
+        data, content_type = metrics.render()
+        return Response(data, media_type=content_type)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_api_key(request)
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
+                                            "owned_by": "nanochat"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        arrival = time.perf_counter()
+        check_api_key(request)
+        body = await _read_body(request, MAX_BODY_BYTES)
+        require_ready()
+        # tokenizing 100k characters takes a few ms: off the event loop too
+        req = await asyncio.to_thread(parse_chat_request, parse_json(body), pool.tokenizer, pool.context_len,
+                                      settings.defaults)
+        meta = CompletionMeta.new(req.model or settings.model_name)
+        gone = asyncio.ensure_future(_wait_disconnect(request.receive))
+        try:
+            job = await pool.submit(req, arrival, gone)
+        except ClientGone:
+            return Response(status_code=499)
+        except BaseException:
+            gone.cancel()
+            raise
+        gone.add_done_callback(lambda _: job.cancel())
+        n_prompt = len(req.prompt_ids)
+
+        if not req.stream:
+            try:
+                text, finish_reason, n_out, error = await job.result()
+            finally:
+                job.cancel()
+                gone.cancel()
+            if error:
+                raise RequestError(500, error, type="server_error")
+            return completion(meta, text, finish_reason, n_prompt, n_out)
+
+        async def stream():
+            try:
+                yield sse(chunk(meta, {"role": "assistant", "content": ""}, usage=req.include_usage))
+                async for event in job.events():
+                    if event[0] == "text":
+                        yield sse(chunk(meta, {"content": event[1]}, usage=req.include_usage))
+                    elif event[0] == "finish":
+                        yield sse(chunk(meta, {}, event[1], usage=req.include_usage))
+                        if req.include_usage:
+                            yield sse(usage_chunk(meta, n_prompt, event[2]))
+                    else:
+                        yield sse(RequestError(500, event[1], type="server_error").body())
+                yield sse("[DONE]")
+            finally:
+                job.cancel()  # a disconnect cancels this generator: stop the replica at its next token
+                gone.cancel()
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app

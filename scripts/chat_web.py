@@ -1,0 +1,103 @@
+"""Web chat: the browser UI and an OpenAI-compatible API over the inference engine.
+
+    python -m scripts.chat_web                              # latest SFT model, http://127.0.0.1:8000/
+    python -m scripts.chat_web -i base --device-type=cpu    # talk to a base checkpoint on CPU
+    python -m scripts.chat_web --num-gpus=8 --host=0.0.0.0 --api-key=SECRET   # 8 replicas, exposed
+
+    curl -N http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"messages": [{"role": "user", "content": "Hi!"}], "stream": true}'
+
+Any OpenAI client works: base_url=http://127.0.0.1:8000/v1 (api_key = --api-key, or anything).
+Fields: messages (system first, then user/assistant alternating, ending with user), temperature
+[0, 2], top_k [0, 200] (0 = off), max_tokens (or max_completion_tokens), seed, stop (up to 4
+strings), stream, stream_options.include_usage, model (echoed). top_p is accepted and ignored:
+sampling uses top_k. Tool calls appear in the text as "[calculator: 2+3 = 5]".
+
+One engine replica per GPU (one on CPU/MPS), each generating on a thread of its own behind a
+bounded queue: a request that finds the queue full or waits longer than --queue-timeout gets 503
+with Retry-After. The machinery lives in nanochat/serving.py; this script loads and runs it.
+"""
+
+import argparse
+import os
+
+import torch
+import uvicorn
+
+from nanochat.checkpoint_manager import CheckpointError, find_model_tag, last_step, load_model, read_meta, stage_dir
+from nanochat.common import autodetect_device_type, print0, setup_logging
+from nanochat.serving import SamplingDefaults, ServerSettings, create_app
+
+# -------------------------------------------------------------------------------------------------
+parser = argparse.ArgumentParser(description="Serve the chat UI and an OpenAI-compatible API.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser.add_argument("-i", "--source", default="sft", choices=["base", "mid", "sft", "rl"], help="which stage's model")
+parser.add_argument("-g", "--model-tag", default=None, help="model tag, e.g. d20 (default: the deepest)")
+parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the last)")
+parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
+parser.add_argument("--num-gpus", type=int, default=1, help="engine replicas, one per GPU (CPU/MPS: 1)")
+parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
+parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+parser.add_argument("--api-key", default=os.environ.get("NANOCHAT_API_KEY"),
+                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $NANOCHAT_API_KEY, else none)")
+parser.add_argument("--cors-origin", action="append", default=[],
+                    help="an origin allowed to call the API from a browser (repeatable; default: same origin only)")
+parser.add_argument("--temperature", type=float, default=0.6, help="default sampling temperature")
+parser.add_argument("--top-k", type=int, default=50, help="default top-k (0 = off)")
+parser.add_argument("--max-tokens", type=int, default=512, help="default reply length limit in tokens")
+parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait for a busy replica")
+parser.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request may wait before a 503")
+args = parser.parse_args()
+if not 0 <= args.temperature <= 2:
+    parser.error(f"--temperature must be in [0, 2], got {args.temperature}")
+if not 0 <= args.top_k <= 200:
+    parser.error(f"--top-k must be in [0, 200], got {args.top_k}")
+if args.max_tokens < 1 or args.queue_size < 0 or args.queue_timeout <= 0:
+    parser.error("--max-tokens must be >= 1, --queue-size >= 0 and --queue-timeout > 0")
+device_type = autodetect_device_type() if args.device_type == "auto" else args.device_type
+if device_type == "cuda":
+    if not torch.cuda.is_available():
+        parser.error("--device-type=cuda but no CUDA device is available; use --device-type=cpu")
+    if not 1 <= args.num_gpus <= torch.cuda.device_count():
+        parser.error(f"--num-gpus must be between 1 and {torch.cuda.device_count()} (the GPUs on this machine)")
+    devices = [torch.device("cuda", i) for i in range(args.num_gpus)]
+else:
+    if args.num_gpus != 1:
+        parser.error(f"--num-gpus={args.num_gpus} needs CUDA; on {device_type} there is one replica")
+    devices = [torch.device(device_type)]
+setup_logging()
+
+# -------------------------------------------------------------------------------------------------
+# Resolve the checkpoint now, so a missing one is reported before the server starts; the weights
+# load after start-up, while /health answers 503.
+try:
+    model_tag = args.model_tag or find_model_tag(stage_dir(args.source))
+    step = last_step(stage_dir(args.source) / model_tag) if args.step is None else args.step
+    read_meta(stage_dir(args.source) / model_tag, step)
+except CheckpointError as e:
+    raise SystemExit(f"chat_web: {e} (pick another with -i/-g/-s)") from None
+model_name = f"nanochat-{args.source}-{model_tag}-step{step}"
+
+
+def load_replicas():
+    from nanochat.engine import Engine
+
+    engines = []
+    for device in devices:
+        model, tokenizer, _ = load_model(args.source, device, phase="eval", model_tag=model_tag, step=step)
+        engines.append(Engine(model, tokenizer))
+    print0(f"loaded {model_name} on {', '.join(map(str, devices))}")
+    return engines, tokenizer, model.config.sequence_len
+
+
+settings = ServerSettings(
+    defaults=SamplingDefaults(args.temperature, args.top_k, args.max_tokens),
+    queue_size=args.queue_size, wait_timeout=args.queue_timeout, api_key=args.api_key or None,
+    cors_origins=args.cors_origin, model_name=model_name,
+)
+app = create_app(settings, load_replicas)
+print0(f"chat_web: {model_name} on {len(devices)} {device_type} replica(s), queue {args.queue_size}, "
+       f"API key {'required' if settings.api_key else 'off'}: http://{args.host}:{args.port}/")
+
+# -------------------------------------------------------------------------------------------------
+uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
