@@ -1,7 +1,7 @@
 """The report card: each stage writes its own section; `generate` joins them into report.md.
 
     python -m nanochat.report reset      # start a new report (clears the sections)
-    python -m nanochat.report generate   # write <base>/report/report.md and copy it to ./report.md
+    python -m nanochat.report generate   # write <base>/report/report.md and copy it to ./report.md (--out)
 
 Sections are markdown files under `<base>/report/`, one per stage, written by `log_section`.
 Only rank 0 writes.
@@ -203,9 +203,10 @@ def reset() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="nanochat report card")
     parser.add_argument("command", choices=["reset", "generate"], help="reset: clear sections; generate: write report.md")
+    parser.add_argument("--out", default="report.md", help="where generate copies report.md (and its plots)")
     args = parser.parse_args()
     if args.command == "reset":
         reset()
         print(f"report reset in {report_dir()}")
     else:
-        print(f"report written to {generate()} and ./report.md")
+        print(f"report written to {generate(copy_to=args.out)} and {args.out}")

@@ -14,14 +14,13 @@ import argparse
 import csv
 import sys
 import time
-from contextlib import nullcontext
 
-import torch
 
 from nanochat.checkpoint_manager import CheckpointError, find_model_tag, last_step, load_model, stage_dir
-from nanochat.common import autodetect_dtype, compute_cleanup, compute_init, get_base_dir, print0, setup_logging
+from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, setup_logging
 from nanochat.core_eval import SOURCES, evaluate_core
 from nanochat.report import log_section
+from nanochat.training import precision
 
 # -------------------------------------------------------------------------------------------------
 parser = argparse.ArgumentParser(description="CORE evaluation of a model checkpoint.",
@@ -41,8 +40,7 @@ setup_logging()
 
 # -------------------------------------------------------------------------------------------------
 ddp, rank, local_rank, world_size, device = compute_init(args.device_type)
-dtype_name = autodetect_dtype(device.type) if args.dtype == "auto" else args.dtype
-autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype_name == "bfloat16" else nullcontext()
+dtype_name, autocast = precision(device.type, args.dtype)
 try:
     model_tag = args.model_tag or find_model_tag(stage_dir(args.stage))
     step = last_step(stage_dir(args.stage) / model_tag) if args.step == -1 else args.step

@@ -6,15 +6,14 @@
 """
 
 import argparse
-from contextlib import nullcontext
 
-import torch
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
-from nanochat.common import autodetect_dtype, compute_cleanup, compute_init, print0, setup_logging
+from nanochat.common import compute_cleanup, compute_init, print0, setup_logging
 from nanochat.dataloader import tokenizing_distributed_data_loader
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.report import log_section
+from nanochat.training import precision
 from nanochat.tokenizer import get_token_bytes
 
 PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
@@ -40,8 +39,7 @@ try:
     model, tokenizer, meta = load_model("base", device, phase="eval", model_tag=args.model_tag, step=args.step)
 except CheckpointError as e:
     raise SystemExit(f"base_loss: {e}")
-dtype_name = autodetect_dtype(device.type) if args.dtype == "auto" else args.dtype
-autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype_name == "bfloat16" else nullcontext()
+dtype_name, autocast = precision(device.type, args.dtype)
 token_bytes = get_token_bytes(device)
 T = model.config.sequence_len
 steps = max(1, args.eval_tokens // (args.device_batch_size * T * world_size))

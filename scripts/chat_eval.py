@@ -16,16 +16,16 @@ Works on any stage, base included. Writes the "Chat evaluation <stage>" report s
 import argparse
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
 
 from nanochat.chat_metrics import categorical_accuracy, generative_pass, spread_indices
 from nanochat.checkpoint_manager import CheckpointError, find_model_tag, last_step, load_model, stage_dir
-from nanochat.common import autodetect_dtype, compute_cleanup, compute_init, print0, setup_logging
+from nanochat.common import compute_cleanup, compute_init, print0, setup_logging
 from nanochat.engine import Engine
 from nanochat.report import log_section
+from nanochat.training import precision
 from tasks.arc import ARC
 from tasks.common import TaskDataError
 from tasks.gsm8k import GSM8K
@@ -77,8 +77,7 @@ setup_logging()
 
 # -------------------------------------------------------------------------------------------------
 ddp, rank, local_rank, world_size, device = compute_init(args.device_type, seed=args.seed)
-dtype_name = autodetect_dtype(device.type) if args.dtype == "auto" else args.dtype
-autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype_name == "bfloat16" else nullcontext()
+dtype_name, autocast = precision(device.type, args.dtype)
 try:
     model_tag = args.model_tag or find_model_tag(stage_dir(args.stage))
     step = last_step(stage_dir(args.stage) / model_tag) if args.step == -1 else args.step

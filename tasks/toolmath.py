@@ -17,7 +17,7 @@ from tasks.gsm8k import extract_answer, same_number, solution_parts
 
 NAMES = ["Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jon", "Kemi", "Liam", "Mei", "Noor"]
 ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "stamps", "shells"]
-THINGS = [("notebook", "notebooks"), ("sandwich", "sandwiches"), ("ticket", "tickets"), ("plant", "plants")]
+THINGS = ["notebooks", "sandwiches", "tickets", "plants"]
 
 
 def _packs(r: random.Random) -> tuple[str, str, int]:
@@ -30,7 +30,7 @@ def _packs(r: random.Random) -> tuple[str, str, int]:
 
 
 def _change(r: random.Random) -> tuple[str, str, int]:
-    name, (one, many) = r.choice(NAMES), r.choice(THINGS)
+    name, many = r.choice(NAMES), r.choice(THINGS)
     n, price = r.randint(2, 9), r.randint(2, 15)
     bill = next(b for b in (20, 50, 100, 200) if b > n * price)
     q = f"{name} buys {n} {many} for ${price} each and pays with a ${bill} bill. How much change does {name} get?"

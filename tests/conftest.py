@@ -12,6 +12,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# tests are hermetic: the task loaders must never try Hugging Face (subprocesses inherit this too)
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 WORDS = ("the a cat dog sat ran on under mat rug red blue big small quickly slowly and then it was "
          "happy tired one two three four five six seven eight nine ten").split()
 

@@ -2,7 +2,6 @@
 the RL mechanism on a toy task whose reward is easy to get."""
 
 import json
-import os
 import re
 
 import pytest
@@ -19,17 +18,6 @@ from nanochat.tokenizer import Tokenizer
 from tasks.common import Task
 
 from dev.gen_identity import generate
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hf_offline():
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    yield
-    if old is None:
-        del os.environ["HF_HUB_OFFLINE"]
-    else:
-        os.environ["HF_HUB_OFFLINE"] = old
 
 
 @pytest.fixture(scope="module")

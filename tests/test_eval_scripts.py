@@ -1,24 +1,12 @@
 """scripts.base_eval and scripts.chat_eval end to end on tiny checkpoints and the tiny offline hub."""
 
 import csv
-import os
 
 import pytest
 import torch
 
 from _fake_hub import write_fake_hub
 from conftest import run_script
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hf_offline():
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"  # run_script passes the environment on
-    yield
-    if old is None:
-        del os.environ["HF_HUB_OFFLINE"]
-    else:
-        os.environ["HF_HUB_OFFLINE"] = old
 
 
 @pytest.fixture(scope="module")
