@@ -61,10 +61,10 @@ else
         EVAL_TOKENS=8192
     fi
     BASE_ARGS="--depth=$DEPTH --max-seq-len=512 --device-batch-size=$DEVICE_BATCH_SIZE --total-batch-size=16384 \
---num-iterations=$BASE_ITERS --eval-every=100 --eval-tokens=$EVAL_TOKENS --sample-every=-1 --save-every=200"
+--num-iterations=$BASE_ITERS --eval-every=100 --eval-tokens=$EVAL_TOKENS --sample-every=-1 --save-every=100 --compile=on"
     BASE_EVAL_ARGS="--max-per-task=$CORE_N"
     MID_ARGS="--device-batch-size=$DEVICE_BATCH_SIZE --total-batch-size=16384 --num-iterations=$MID_ITERS \
---eval-every=100 --eval-tokens=$EVAL_TOKENS --save-every=100"
+--eval-every=40 --eval-tokens=$EVAL_TOKENS --save-every=40 --compile=on"
     SFT_ARGS="--device-batch-size=8 --target-examples-per-step=32 --num-iterations=$SFT_ITERS --eval-every=50 \
 --eval-examples=64 --metrics-every=-1 --metrics-max-problems=$EVAL_N"
     CHAT_EVAL_ARGS="-x $EVAL_N --max-new-tokens=128"

@@ -317,6 +317,7 @@ class GPT(nn.Module):
         adam_betas: tuple[float, float] = (0.8, 0.95),
         adam_eps: float = 1e-10,
         muon_momentum: float = 0.95,
+        muon_ns_dtype: torch.dtype | None = None,
         compile: bool = False,
     ) -> list[torch.optim.Optimizer]:
         """[DistAdamW for wte and lm_head, Muon for every matrix in the blocks].
@@ -334,7 +335,7 @@ class GPT(nn.Module):
              dict(params=embedding_params, lr=embedding_lr * scale)],
             betas=adam_betas, eps=adam_eps, weight_decay=weight_decay, compile=compile,
         )
-        muon = Muon(matrix_params, lr=matrix_lr, momentum=muon_momentum, compile=compile)
+        muon = Muon(matrix_params, lr=matrix_lr, momentum=muon_momentum, ns_dtype=muon_ns_dtype, compile=compile)
         optimizers: list[torch.optim.Optimizer] = [adamw, muon]
         for opt in optimizers:
             for group in opt.param_groups:

@@ -151,8 +151,10 @@ def plot_history(history_path: Path, out: Path, title: str) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     axes[0].plot(hist.get("step", []), hist.get("train_loss", []))
     axes[0].set(title=f"{title}: train loss", xlabel="step", ylabel="loss (nats/token)")
-    axes[1].plot(hist.get("val_step", []), hist.get("val_bpb", []), marker="o")
-    axes[1].set(title=f"{title}: val bits per byte", xlabel="step", ylabel="bpb")
+    key = "val_bpb" if hist.get("val_bpb") else "val_loss"  # sft logs a loss per supervised token
+    steps, values = hist.get("val_step", []), hist.get(key, [])
+    axes[1].plot(steps[: len(values)], values[: len(steps)], marker="o")
+    axes[1].set(title=f"{title}: {key.replace('_', ' ')}", xlabel="step", ylabel=key.split("_")[1])
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

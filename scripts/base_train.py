@@ -76,6 +76,8 @@ ddp, rank, local_rank, world_size, device = compute_init(args.device_type, seed=
 master = rank == 0
 device_type = device.type
 dtype_name, autocast = precision(device_type, args.dtype)
+# Newton-Schulz in bf16 whenever training is: 1.4x faster optimizer step on CPU, loss within 0.2% (dev/LOG.md)
+ns_dtype = torch.bfloat16 if dtype_name == "bfloat16" else None
 use_compile = args.compile == "on" or (args.compile == "auto" and device_type == "cuda")
 sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
 
@@ -123,7 +125,8 @@ print0(f"batch: {args.total_batch_size:,} tokens/step = {args.device_batch_size}
 print0(f"device {device}, dtype {dtype_name}, compile {use_compile}, distributed {ddp}")
 
 optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
-                                    matrix_lr=args.matrix_lr, weight_decay=args.weight_decay, compile=use_compile)
+                                    matrix_lr=args.matrix_lr, weight_decay=args.weight_decay, compile=use_compile,
+                                    muon_ns_dtype=ns_dtype)
 muon = optimizers[1]
 orig_model = model
 if use_compile:

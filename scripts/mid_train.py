@@ -70,6 +70,8 @@ setup_logging()
 ddp, rank, local_rank, world_size, device = compute_init(args.device_type)
 master = rank == 0
 dtype_name, autocast = precision(device.type, args.dtype)
+# Newton-Schulz in bf16 whenever training is: 1.4x faster optimizer step on CPU, loss within 0.2% (dev/LOG.md)
+ns_dtype = torch.bfloat16 if dtype_name == "bfloat16" else None
 use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
 sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 wandb_run = init_wandb(args.run, master, vars(args), project="nanochat-mid")
@@ -119,7 +121,8 @@ print0(f"batch: {args.total_batch_size:,} tokens/step = {args.device_batch_size}
 
 optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr * args.init_lr_frac,
                                     embedding_lr=args.embedding_lr * args.init_lr_frac,
-                                    matrix_lr=args.matrix_lr * args.init_lr_frac, compile=use_compile)
+                                    matrix_lr=args.matrix_lr * args.init_lr_frac, compile=use_compile,
+                                    muon_ns_dtype=ns_dtype)
 orig_model = model
 if use_compile:
     model = torch.compile(model, dynamic=False)
