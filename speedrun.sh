@@ -55,16 +55,16 @@ else
     TOK_CHARS=200000000
     LAUNCH="$UV run --no-sync python -m"
     BASE_ITERS=${BASE_ITERS:-300} MID_ITERS=${MID_ITERS:-80} SFT_ITERS=${SFT_ITERS:-60}
-    EVAL_N=50 CORE_N=20 EVAL_TOKENS=131072
+    EVAL_N=50 CORE_N=20 EVAL_TOKENS=131072 COMPILE=on
     if [ "${SCALE:-}" = "micro" ]; then
         PRESET="cpu micro"; TOK_CHARS=5000000; BASE_ITERS=4; MID_ITERS=2; SFT_ITERS=2; EVAL_N=2; CORE_N=2
-        EVAL_TOKENS=8192
+        EVAL_TOKENS=8192; COMPILE=off
     fi
     BASE_ARGS="--depth=$DEPTH --max-seq-len=512 --device-batch-size=$DEVICE_BATCH_SIZE --total-batch-size=16384 \
---num-iterations=$BASE_ITERS --eval-every=100 --eval-tokens=$EVAL_TOKENS --sample-every=-1 --save-every=100 --compile=on"
+--num-iterations=$BASE_ITERS --eval-every=100 --eval-tokens=$EVAL_TOKENS --sample-every=-1 --save-every=100 --compile=$COMPILE"
     BASE_EVAL_ARGS="--max-per-task=$CORE_N"
     MID_ARGS="--device-batch-size=$DEVICE_BATCH_SIZE --total-batch-size=16384 --num-iterations=$MID_ITERS \
---eval-every=40 --eval-tokens=$EVAL_TOKENS --save-every=40 --compile=on"
+--eval-every=40 --eval-tokens=$EVAL_TOKENS --save-every=40 --compile=$COMPILE"
     SFT_ARGS="--device-batch-size=8 --target-examples-per-step=32 --num-iterations=$SFT_ITERS --eval-every=50 \
 --eval-examples=64 --metrics-every=-1 --metrics-max-problems=$EVAL_N"
     CHAT_EVAL_ARGS="-x $EVAL_N --max-new-tokens=128"
