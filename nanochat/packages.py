@@ -7,7 +7,6 @@ chat sources (hub.py).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -41,8 +40,12 @@ def run(cmd: list[str], cwd: Path) -> str:
 
 
 def pip_command() -> list[str]:
-    """This interpreter's pip, else one on PATH (uv environments have no pip of their own)."""
-    if importlib.util.find_spec("pip") is not None:
+    """This interpreter's pip, else one on PATH (uv environments have no pip of their own).
+
+    Probed in a subprocess: importlib's find_spec("pip") in this process would trip setuptools'
+    distutils shim into stdlib mode, and a later torch.compile then fails on distutils."""
+    probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True)
+    if probe.returncode == 0:
         return [sys.executable, "-m", "pip"]
     for exe in ("pip3", "pip"):
         if found := shutil.which(exe):

@@ -2,7 +2,7 @@
 
     python -m scripts.base_train --depth=4 --max-seq-len=256 --device-batch-size=8 \
         --total-batch-size=8192 --num-iterations=200 --eval-every=50        # CPU, minutes
-    torchrun --standalone --nproc_per_node=8 -m scripts.base_train -- --depth=20   # 8 GPUs
+    torchrun --standalone --nproc_per_node=8 -m scripts.base_train --depth=20   # 8 GPUs
     python -m scripts.base_train --depth=4 ... --resume                     # continue the last run
 
 One dial: --depth sets width (64·depth), heads, and through the tokens:params ratio the horizon.

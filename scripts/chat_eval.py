@@ -2,7 +2,7 @@
 
     python -m scripts.chat_eval -i sft --device-type=cpu -x 50                # CPU, a quick look
     python -m scripts.chat_eval -i sft -a "GSM8K|HumanEval" -n 4 -t 0.8       # pass@4 with sampling
-    torchrun --standalone --nproc_per_node=8 -m scripts.chat_eval -- -i sft    # 8 GPUs, everything
+    torchrun --standalone --nproc_per_node=8 -m scripts.chat_eval -i sft    # 8 GPUs, everything
 
 Categorical tasks (ARC, MMLU): one forward pass over the prompts (render_for_completion, which
 ends with <|assistant_start|>), and the prediction is the allowed answer letter with the highest
