@@ -128,6 +128,7 @@ def test_online_only_split_is_a_clear_error(hub_base):
 
 
 def test_hf_offline_flag_skips_the_probe(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # conftest sets it for the whole suite
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "true")
     monkeypatch.setattr(common, "probe_url", lambda url: pytest.fail("probed"))
     assert common.hf_unavailable() == "HF_DATASETS_OFFLINE is set"
