@@ -6,18 +6,20 @@ eager and compiled; optionally the bf16-vs-fp32 loss curve on a fixed real token
     python -m dev.bench_train --depth 12 --device-batch-size 16 --seq-len 2048 --compile     # one GPU
     torchrun --nproc_per_node=8 -m dev.bench_train --depth 20 --device-batch-size 32 --seq-len 2048
 
-The CPU dtype table of dev/LOG.md (2026-11-23; ~13 min on 2 cores):
+The CPU dtype table in dev/LOG.md (2026-11-23; 5.5 min on 2 idle cores with a warm compile cache):
 
     python -m dev.bench_train --depths 4 6 --seq-len 512 --vocab-size 32768 --device-batch-size 1 \
-        --dtypes float32 bfloat16 --modes eager compile --muon-ns-dtypes default bfloat16 \
+        --dtypes float32 bfloat16 --modes eager compile --muon-ns-dtypes default float32 bfloat16 \
         --steps 10 --loss-steps 200 --profile
 
 Rows: every depth × dtype × mode × Muon Newton–Schulz dtype asked for. bfloat16 is
 torch.autocast(bf16) around the forward with float32 weights and optimizer state, exactly as
 scripts/base_train.py does; modes are eager, activation checkpointing (recompute, so slower) and
-torch.compile of the model plus its optimizers (base_train --compile on). The reference row is
-float32 + compile with the default Newton–Schulz dtype: the way reference nanochat trains on CPU.
-"NS bfloat16" rows override Muon's ns_dtype (fp32 on CPU by default) to show what that would buy.
+torch.compile of the model plus its optimizers (base_train --compile on). Newton–Schulz "default"
+is base_train's choice (bf16 when training in bf16, else Muon's default: fp32 on CPU); "NS <dtype>"
+rows override it, and an override equal to the default is not timed twice. The reference row is
+float32 + compile: the way reference nanochat trains on CPU, except that its Muon runs
+Newton–Schulz in bf16 on every device, which is the "float32 compile NS bfloat16" row.
 
 Timing: configurations of one depth take turns, one step each per round, and every round also
 re-measures the matmul peaks, so a neighbour stealing a core slows all of them alike; each number
@@ -36,12 +38,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sysconfig
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 
 import torch
 import torch.distributed as dist
@@ -55,6 +57,11 @@ LOSS_GOAL = 0.02  # the issue's tolerance on bf16 vs fp32 loss
 SPEED_GOAL = 2.0  # bf16 tokens/s over the reference row
 MFU_GOAL = 0.70
 LOSS_TAIL = 20  # steps averaged at the end of the loss curves
+
+
+def row_label(dtype: str, mode: str, ns: str) -> str:
+    return f"{dtype} {mode}" + ("" if ns == "default" else f" NS {ns}")
+
 
 parser = argparse.ArgumentParser(description="training tokens/s and MFU vs the measured matmul peak")
 parser.add_argument("--depth", "--depths", dest="depths", type=int, nargs="+", default=[2],
@@ -71,7 +78,8 @@ parser.add_argument("--modes", nargs="+", default=["eager", "checkpointing"],
                     choices=["eager", "checkpointing", "compile"], help="execution modes to time")
 parser.add_argument("--compile", action="store_true", help="also time the compile mode (same as adding it to --modes)")
 parser.add_argument("--muon-ns-dtypes", nargs="+", default=["default"], choices=["default", *DTYPES],
-                    help="Muon Newton–Schulz dtypes (default = the library's: bf16 on CUDA, fp32 elsewhere)")
+                    help="Muon Newton–Schulz dtypes (default = base_train's: bf16 when training in bf16, "
+                         "else Muon's own: bf16 on CUDA, fp32 elsewhere)")
 parser.add_argument("--loss-steps", type=int, default=0, help="steps of the bf16-vs-fp32 loss curves (0 = off)")
 parser.add_argument("--profile", nargs="?", const="fastest", default=None, metavar="CONFIG",
                     help="torch.profiler table of 2 steps of one row of the last depth, named as in the table "
@@ -101,6 +109,25 @@ device = torch.device(device_type, torch.cuda.current_device()) if device_type =
 torch._dynamo.config.recompile_limit = 64
 matmul_n = args.matmul_size if args.matmul_size > 0 else (4096 if device_type == "cuda" else 1024)
 tokens_per_step = args.device_batch_size * args.seq_len * world
+
+
+def resolve_ns(dtype: str, ns: str) -> str:
+    """The Newton–Schulz dtype a row really uses. "default" is base_train's rule: bf16 when training
+    in bf16, else Muon's own default (bf16 on CUDA, fp32 elsewhere)."""
+    if ns != "default":
+        return ns
+    return "bfloat16" if dtype == "bfloat16" or device_type == "cuda" else "float32"
+
+
+combos: list[tuple[str, str, str]] = []  # (mode, dtype, ns); an override equal to the default is dropped
+for mode in modes:
+    for dtype in args.dtypes:
+        for ns in args.muon_ns_dtypes:
+            if all((m, d, resolve_ns(d, n)) != (mode, dtype, resolve_ns(dtype, ns)) for m, d, n in combos):
+                combos.append((mode, dtype, ns))
+labels = [row_label(dtype, mode, ns) for mode, dtype, ns in combos]
+if args.profile not in (None, "fastest", *labels):
+    parser.error(f"--profile {args.profile!r} names no row; one of: " + ", ".join(map(repr, labels)))
 
 
 def sync() -> None:
@@ -141,7 +168,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"{self.dtype} {self.mode}" + ("" if self.ns == "default" else f" NS {self.ns}")
+        return row_label(self.dtype, self.mode, self.ns)
 
     def reset(self, seed: int) -> None:
         """Same weights as a fresh build with `seed`, empty optimizer state."""
@@ -178,9 +205,8 @@ def build(depth: int, dtype: str, mode: str, ns: str) -> Run:
     model.init_weights()
     model.set_activation_checkpointing(mode == "checkpointing")
     compiled = mode == "compile"
-    optimizers = model.setup_optimizers(compile=compiled)  # [DistAdamW, Muon]
-    if ns != "default":
-        optimizers[1].ns_dtype = DTYPES[ns]
+    muon_ns_dtype = DTYPES[ns] if ns != "default" else (torch.bfloat16 if dtype == "bfloat16" else None)
+    optimizers = model.setup_optimizers(compile=compiled, muon_ns_dtype=muon_ns_dtype)  # [DistAdamW, Muon]
     forward = torch.compile(model, dynamic=False) if compiled else model
     return Run(depth, dtype, mode, ns, model, forward, optimizers, model.estimate_flops())
 
@@ -204,10 +230,6 @@ def stdlib_tokens(n: int) -> torch.Tensor:
     return torch.tensor(ids[:n], dtype=torch.long, device=device)
 
 
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
 def smooth(xs: list[float], beta: float = 0.9) -> list[float]:
     out, avg = [], 0.0
     for i, v in enumerate(xs):
@@ -225,7 +247,7 @@ x = torch.randint(0, args.vocab_size, (args.device_batch_size, args.seq_len), de
 y = torch.randint(0, args.vocab_size, (args.device_batch_size, args.seq_len), device=device)
 t_start = time.perf_counter()
 for depth in args.depths:
-    group = [build(depth, dtype, mode, ns) for mode in modes for dtype in args.dtypes for ns in args.muon_ns_dtypes]
+    group = [build(depth, dtype, mode, ns) for mode, dtype, ns in combos]
     for run in group:
         t0 = time.perf_counter()
         for _ in range(args.warmup):
@@ -287,13 +309,10 @@ if args.profile:
 
     last = [run for run in runs if run.depth == args.depths[-1]]
     if args.profile == "fastest":
-        target = min((run for run in last if run.ns == "default"),
-                      key=lambda r: median([a + b for a, b in zip(r.fwdbwd_s, r.opt_s)]))
+        target = min([run for run in last if run.ns == "default"] or last,
+                     key=lambda r: median([a + b for a, b in zip(r.fwdbwd_s, r.opt_s)]))
     else:
-        target = next((run for run in last if run.label == args.profile), None)
-        if target is None:
-            raise SystemExit(f"--profile {args.profile!r} names no timed row; one of: "
-                             + ", ".join(repr(run.label) for run in last))
+        target = next(run for run in last if run.label == args.profile)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(2):
@@ -314,15 +333,15 @@ for run in runs:
     step_s = median([a + b for a, b in zip(run.fwdbwd_s, run.opt_s)])
     fwdbwd_s, opt_s = median(run.fwdbwd_s), median(run.opt_s)
     achieved = run.flops_per_token * tokens_per_step / step_s
-    rows.append(dict(depth=run.depth, dtype=run.dtype, mode=run.mode, muon_ns_dtype=run.ns, label=run.label,
+    rows.append(dict(depth=run.depth, dtype=run.dtype, mode=run.mode, label=run.label,
+                     muon_ns_dtype=resolve_ns(run.dtype, run.ns), muon_ns_default=run.ns == "default",
                      flops_per_token=run.flops_per_token, step_s=step_s, fwdbwd_s=fwdbwd_s, optimizer_s=opt_s,
                      tokens_per_s=tokens_per_step / step_s, flops_per_s=achieved,
                      mfu=achieved / (peak[run.dtype] * world),
                      mfu_fwdbwd=run.flops_per_token * tokens_per_step / fwdbwd_s / (peak[run.dtype] * world)))
 for depth in args.depths:
     group = [row for row in rows if row["depth"] == depth]
-    ref = next((row for row in group if (row["dtype"], row["mode"], row["muon_ns_dtype"])
-                == ("float32", "compile", "default")), group[0])
+    ref = next((row for row in group if row["label"] == "float32 compile"), group[0])
     for row in group:
         row["vs_reference"] = row["tokens_per_s"] / ref["tokens_per_s"]
         row["reference"] = ref["label"]
@@ -362,8 +381,8 @@ for depth in args.depths:
         continue
     best = max(bf16, key=lambda r: r["tokens_per_s"])
     g = dict(fastest_bf16=best["label"], speedup=best["vs_reference"], mfu=best["mfu"])
-    base = max((r for r in bf16 if r["muon_ns_dtype"] == "default"), key=lambda r: r["tokens_per_s"], default=None)
-    if base is not None and base is not best:  # what base_train does today, with the library's optimizer
+    base = max((r for r in bf16 if r["muon_ns_default"]), key=lambda r: r["tokens_per_s"], default=None)
+    if base is not None and base is not best:  # the Newton–Schulz dtype base_train would use
         g.update(fastest_bf16_base_train=base["label"], speedup_base_train=base["vs_reference"])
     literal = by_label.get("float32 compile NS bfloat16")  # reference nanochat's Muon: bf16 Newton–Schulz everywhere
     if literal is not None:
@@ -376,7 +395,7 @@ if goals:
                 + ("met" if g["speedup"] >= SPEED_GOAL else "MISSED") + f"), MFU {g['mfu']:.1%} (MFU goal "
                 + ("met" if g["mfu"] >= MFU_GOAL else "MISSED") + ")")
         if "speedup_base_train" in g:
-            line += f"; base_train's optimizer: {g['fastest_bf16_base_train']} {g['speedup_base_train']:.2f}x"
+            line += f"; as base_train runs it: {g['fastest_bf16_base_train']} {g['speedup_base_train']:.2f}x"
         if "speedup_vs_float32_compile_NS_bfloat16" in g:
             line += f"; vs float32 compile NS bfloat16: {g['speedup_vs_float32_compile_NS_bfloat16']:.2f}x"
         print0(line)
