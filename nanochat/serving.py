@@ -44,6 +44,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 logger = logging.getLogger("nanochat.serving")
 
@@ -629,6 +630,40 @@ class ServerSettings:
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     model_name: str = "nanochat"
+    # Host header names answered (lower case, no port); None = any. A server on loopback should
+    # answer only to loopback names: otherwise a web page whose DNS name is rebound to 127.0.0.1
+    # reaches the API from the user's own browser.
+    allowed_hosts: frozenset[str] | None = None
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+JSON_TYPE = "application/json"
+
+
+def host_name(header: str) -> str:
+    """The name part of a Host header: "[::1]:8000" -> "::1", "LocalHost.:80" -> "localhost"."""
+    header = header.strip().lower()
+    if header.startswith("["):  # an IPv6 literal
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0].rstrip(".") if header.count(":") <= 1 else header
+
+
+class HostCheck:
+    """ASGI middleware: a request whose Host header names another server gets 403 (DNS rebinding)."""
+
+    def __init__(self, app, allowed: frozenset[str]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if host_name(host) not in self.allowed:
+                error = RequestError(403, f"this server does not answer to the host name {host[:100]!r}: use "
+                                     f"http://localhost, or start chat_web with --host={host_name(host)[:100] or 'NAME'}",
+                                     code="invalid_host", type="permission_error")
+                await JSONResponse(error.body(), status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 Loader = Callable[[], tuple[list, Any, int]]  # () -> (engines, tokenizer, context_len), run in a thread
@@ -639,11 +674,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise RequestError(413, f"the request body is larger than {limit:,} bytes", code="request_too_large")
     body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise RequestError(413, f"the request body is larger than {limit:,} bytes", code="request_too_large")
+    try:
+        async for piece in request.stream():
+            body += piece
+            if len(body) > limit:
+                raise RequestError(413, f"the request body is larger than {limit:,} bytes", code="request_too_large")
+    except ClientDisconnect:  # the client hung up mid-body: nothing to answer, nothing went wrong
+        raise ClientGone() from None
     return bytes(body)
+
+
+def _require_json(request: Request) -> None:
+    """415 unless the body is declared as JSON. A browser sends a cross-origin POST without asking
+    first (no CORS preflight) only with text/plain, form or multipart bodies: refusing those keeps
+    any web page the user visits from driving the API."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != JSON_TYPE:
+        raise RequestError(415, f"the body must be sent with 'Content-Type: {JSON_TYPE}', got "
+                           f"{media_type[:100] or 'no Content-Type'!r}", code="unsupported_media_type")
 
 
 async def _wait_disconnect(receive) -> None:
@@ -680,6 +728,8 @@ def create_app(settings: ServerSettings, loader: Loader) -> FastAPI:
         # explicit origins only, never "*" with credentials: the API key travels in a header
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+    if settings.allowed_hosts is not None:  # added last: the outermost layer, before CORS answers anything
+        app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
 
     def error_response(e: RequestError):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
@@ -746,7 +796,11 @@ def create_app(settings: ServerSettings, loader: Loader) -> FastAPI:
     async def chat_completions(request: Request):
         arrival = time.perf_counter()
         check_api_key(request)
-        body = await _read_body(request, MAX_BODY_BYTES)
+        _require_json(request)
+        try:
+            body = await _read_body(request, MAX_BODY_BYTES)
+        except ClientGone:
+            return Response(status_code=499)
         require_ready()
         # tokenizing 100k characters takes a few ms: off the event loop too
         req = await asyncio.to_thread(parse_chat_request, parse_json(body), pool.tokenizer, pool.context_len,

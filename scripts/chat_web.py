@@ -15,7 +15,10 @@ sampling uses top_k. Tool calls appear in the text as "[calculator: 2+3 = 5]".
 
 One engine replica per GPU (one on CPU/MPS), each generating on a thread of its own behind a
 bounded queue: a request that finds the queue full or waits longer than --queue-timeout gets 503
-with Retry-After. The machinery lives in nanochat/serving.py; this script loads and runs it.
+with Retry-After. POST bodies must be sent as application/json (415 otherwise). Bound to
+loopback (the default), the server answers only requests whose Host is localhost, 127.0.0.1 or
+[::1]; with --host=0.0.0.0 or a network address it answers any. The machinery lives in
+nanochat/serving.py; this script loads and runs it.
 """
 
 import argparse
@@ -26,7 +29,7 @@ import uvicorn
 
 from nanochat.checkpoint_manager import CheckpointError, find_model_tag, last_step, load_model, read_meta, stage_dir
 from nanochat.common import autodetect_device_type, print0, setup_logging
-from nanochat.serving import SamplingDefaults, ServerSettings, create_app
+from nanochat.serving import LOOPBACK_HOSTS, SamplingDefaults, ServerSettings, create_app, host_name
 
 # -------------------------------------------------------------------------------------------------
 parser = argparse.ArgumentParser(description="Serve the chat UI and an OpenAI-compatible API.",
@@ -90,10 +93,14 @@ def load_replicas():
     return engines, tokenizer, model.config.sequence_len
 
 
+# On loopback the server answers only to loopback names (a DNS-rebinding page cannot reach it);
+# bound to a network address or a name, it answers to whatever name the client used.
+loopback = args.host in LOOPBACK_HOSTS or args.host.startswith("127.")
+allowed_hosts = LOOPBACK_HOSTS | {host_name(args.host)} if loopback else None
 settings = ServerSettings(
     defaults=SamplingDefaults(args.temperature, args.top_k, args.max_tokens),
     queue_size=args.queue_size, wait_timeout=args.queue_timeout, api_key=args.api_key or None,
-    cors_origins=args.cors_origin, model_name=model_name,
+    cors_origins=args.cors_origin, model_name=model_name, allowed_hosts=allowed_hosts,
 )
 app = create_app(settings, load_replicas)
 print0(f"chat_web: {model_name} on {len(devices)} {device_type} replica(s), queue {args.queue_size}, "

@@ -10,7 +10,9 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import socket
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,10 +25,14 @@ from nanochat.serving import (MAX_BODY_BYTES, MAX_MESSAGE_CHARS, MAX_MESSAGES, M
 
 
 @pytest.fixture(scope="module")
-def server(tiny_base_checkpoint, tmp_path_factory):
+def server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("chat_web") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_base_checkpoint, server_log):
     """The real script on the tiny base checkpoint, queue of 4, default max_tokens 16."""
-    log = tmp_path_factory.mktemp("chat_web") / "server.log"
-    with chat_web(tiny_base_checkpoint, log, "--queue-size=4", "--max-tokens=16") as addr:
+    with chat_web(tiny_base_checkpoint, server_log, "--queue-size=4", "--max-tokens=16") as addr:
         yield addr
 
 
@@ -202,7 +208,7 @@ def test_bad_request_is_400(server, case):
 
 def test_oversized_body_is_413(server):
     big = json.dumps({"messages": [{"role": "user", "content": "a" * (MAX_BODY_BYTES + 10)}]}).encode()
-    status, _, raw = chat(server, big)
+    status, _, raw = chat(server, big, headers={"Content-Type": "application/json"})
     assert status == 413 and json.loads(raw)["error"]["code"] == "request_too_large"
     # without a Content-Length (chunked): counted while reading
     host, port = server.split(":")
@@ -214,6 +220,44 @@ def test_oversized_body_is_413(server):
     conn.close()
     # the server is still fine
     assert chat(server, {"messages": M, "max_tokens": 1})[0] == 200
+
+
+def test_only_json_bodies_are_served(server):
+    # a cross-origin "simple request" (text/plain, no preflight) must not drive the API
+    body = json.dumps({"messages": [USER], "max_tokens": 1}).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {"Origin": "http://evil.example"} | ({"Content-Type": content_type} if content_type else {})
+        status, _, raw = chat(server, body, headers=headers)
+        assert status == 415, (content_type, raw[:200])
+        error = json.loads(raw)["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["code"] == "unsupported_media_type"
+        assert "application/json" in error["message"]
+    status, _, _ = chat(server, body, headers={"Content-Type": "Application/JSON; charset=utf-8"})
+    assert status == 200
+
+
+def test_only_loopback_host_names_are_answered(server):
+    port = server.split(":")[1]
+    for host in ("evil.example", f"evil.example:{port}", f"192.168.1.5:{port}", "localhost.evil.example"):
+        for method, path, body in (("GET", "/", None), ("GET", "/health", None),
+                                   ("POST", "/v1/chat/completions", {"messages": [USER], "max_tokens": 1})):
+            status, _, raw = call(server, method, path, body, headers={"Host": host})
+            assert status == 403, (host, path, raw[:200])
+            assert json.loads(raw)["error"]["code"] == "invalid_host"
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+        assert call(server, "GET", "/health", headers={"Host": host})[0] == 200, host
+
+
+def test_client_dropping_mid_body_is_not_an_error(server, server_log):
+    host, port = server.split(":")
+    for _ in range(2):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"messages\": [")
+    # the server carries on, and its log has no traceback for the requests that were cut short
+    assert chat(server, {"messages": [USER], "max_tokens": 1})[0] == 200
+    log = server_log.read_text()
+    assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
 
 
 _json_scalars = st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=True) | \
