@@ -2,7 +2,8 @@
 FastAPI app. `scripts/chat_web.py` parses flags, loads the model replicas and runs this app.
 
     POST /v1/chat/completions   OpenAI-compatible chat completions, streaming (SSE) or not
-    GET  /v1/models             the one model served
+    POST /v1/completions        text completions: the model continues a prompt (base models)
+    GET  /v1/models             the one model served; /v1/models/{id} the same card
     GET  /health                200 once a model replica is loaded, 503 before
     GET  /metrics               Prometheus text
     GET  /                      the chat UI (nanochat/ui.html)
@@ -19,6 +20,8 @@ Tool calls are shown inline as text, one convention everywhere (API, UI, CLI-lik
     <|python_start|>2+3<|python_end|><|output_start|>5<|output_end|>   ->   "[calculator: 2+3 = 5]"
 
 Other special tokens the model might emit (a base model emits anything) are not shown.
+
+Every request logs one line when it ends (method, path, status, tokens, TTFT, total time).
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     model: str
+    dropped_messages: int = 0  # oldest turns left out so that the reply has room (chat requests only)
 
 
 def parse_json(body: bytes) -> Any:
@@ -204,11 +208,44 @@ def parse_messages(messages: Any) -> list[dict]:
     return out
 
 
-def parse_chat_request(payload: Any, tokenizer, context_len: int, defaults: SamplingDefaults) -> ChatRequest:
-    """Validate a decoded JSON body; raises RequestError(400) naming the bad field."""
-    if not isinstance(payload, dict):
-        raise invalid("the body must be a JSON object", None, "invalid_type")
-    messages = parse_messages(payload.get("messages"))
+# OpenAI parameters this server does not implement. They are refused by name (400) rather than
+# accepted and ignored, so a client (an eval harness asking for logprobs) learns it at once.
+# Each maps to the values that mean "off" and are accepted. logprobs needs the engine to return
+# the sampling distribution, which it does not today.
+UNSUPPORTED = {
+    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "tools": (None, []), "functions": (None, []),
+    "tool_choice": (None, "none", "auto"), "function_call": (None, "none", "auto"), "logit_bias": (None, {}),
+    "response_format": (None, {"type": "text"}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+    "echo": (None, False), "suffix": (None, ""), "best_of": (None, 1),
+}
+
+
+def _refuse_unsupported(payload: dict) -> None:
+    for name, off in UNSUPPORTED.items():
+        value = payload.get(name)
+        # True == 1 in Python: a bool only matches a bool, so that best_of=true is refused
+        if not any(value is None if v is None else value == v and isinstance(value, bool) == isinstance(v, bool)
+                   for v in off):
+            raise invalid(f"'{name}' is not supported by this server: leave it out", name, "unsupported_parameter")
+
+
+@dataclass
+class Sampling:
+    """The fields that chat and text completions share."""
+
+    temperature: float
+    top_k: int
+    max_tokens: int | None  # None: the server picks, from what room the prompt leaves
+    max_name: str  # the field the client used for it
+    seed: int
+    stop: list[str]
+    stream: bool
+    include_usage: bool
+    model: str
+
+
+def parse_sampling(payload: dict, context_len: int, defaults: SamplingDefaults) -> Sampling:
+    _refuse_unsupported(payload)
     temperature = float(_number(payload, "temperature", 0.0, TEMPERATURE_MAX, False, defaults.temperature))
     # top_p is accepted for client compatibility and validated, but sampling uses top_k only
     _number(payload, "top_p", 0.0, 1.0, False, 1.0)
@@ -232,9 +269,9 @@ def parse_chat_request(payload: Any, tokenizer, context_len: int, defaults: Samp
     if not isinstance(include_usage, bool):
         raise invalid("'stream_options.include_usage' must be true or false", "stream_options.include_usage",
                       "invalid_type")
-    model = payload.get("model") or ""  # "" = the server's model name
+    model = payload.get("model") or ""  # "" = the server's model
     if not isinstance(model, str) or len(model) > 256:
-        raise invalid("'model' must be a string (it is ignored: this server has one model)", "model", "invalid_type")
+        raise invalid("'model' must be a string: the id that /v1/models lists", "model", "invalid_type")
     stop = payload.get("stop")
     stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
@@ -242,22 +279,90 @@ def parse_chat_request(payload: Any, tokenizer, context_len: int, defaults: Samp
     if len(stop) > MAX_STOP_SEQUENCES or not all(0 < len(s) <= MAX_STOP_CHARS for s in stop):
         raise invalid(f"'stop' takes up to {MAX_STOP_SEQUENCES} non-empty strings of at most {MAX_STOP_CHARS} "
                       "characters", "stop")
+    return Sampling(temperature, top_k, max_tokens, max_name, seed, stop, stream, include_usage, model)
 
-    try:
-        prompt_ids = tokenizer.render_for_completion({"messages": messages})
-    except ValueError as e:  # the renderer's own checks, should ours ever miss one
-        raise invalid(str(e), "messages") from None
-    room = context_len - len(prompt_ids)
+
+def _request(prompt_ids: list[int], prompt_param: str, sampling: Sampling, context_len: int,
+             defaults: SamplingDefaults, dropped: int = 0) -> ChatRequest:
+    """Check that the prompt and the reply fit in the context, pick max_tokens if the client did not."""
+    room, max_tokens, name = context_len - len(prompt_ids), sampling.max_tokens, sampling.max_name
     if max_tokens is None:
         if room < 1:
-            raise invalid(f"the conversation is {len(prompt_ids):,} tokens, the model's context is {context_len:,}: "
-                          "shorten it or start a new conversation", "messages", "context_length_exceeded")
+            raise invalid(f"the prompt is {len(prompt_ids):,} tokens, the model's context is {context_len:,}: "
+                          "shorten it or start a new conversation", prompt_param, "context_length_exceeded")
         max_tokens = min(defaults.max_tokens, room)
     elif max_tokens > room:
-        raise invalid(f"the conversation ({len(prompt_ids):,} tokens) plus {max_name}={max_tokens:,} is more than "
-                      f"the model's context of {context_len:,} tokens: lower {max_name} or shorten the conversation",
-                      max_name, "context_length_exceeded")
-    return ChatRequest(prompt_ids, max_tokens, temperature, top_k, seed, stop, stream, include_usage, model)
+        raise invalid(f"the prompt ({len(prompt_ids):,} tokens) plus {name}={max_tokens:,} is more than "
+                      f"the model's context of {context_len:,} tokens: lower {name} or shorten the prompt",
+                      name, "context_length_exceeded")
+    return ChatRequest(prompt_ids, max_tokens, sampling.temperature, sampling.top_k, sampling.seed, sampling.stop,
+                       sampling.stream, sampling.include_usage, sampling.model, dropped)
+
+
+def fit_conversation(tokenizer, messages: list[dict], budget: int) -> tuple[list[int], int]:
+    """Render `messages` for completion in at most `budget` tokens by leaving out the oldest
+    user/assistant pairs; the system message and the last user turn always stay. Returns (ids,
+    number of messages left out). If even the shortest form is over budget, that form is returned
+    and the caller decides."""
+    head = messages[:1] if messages[0]["role"] == "system" else []
+    turns = messages[len(head):]  # user, assistant, ..., user
+
+    def render(pairs: int) -> list[int]:
+        return tokenizer.render_for_completion({"messages": head + turns[2 * pairs:]})
+
+    ids = render(0)
+    if len(ids) <= budget:
+        return ids, 0
+    lo, hi = 1, len(turns) // 2  # drop between 1 and all pairs; binary search the fewest that fit
+    best = render(hi)
+    while lo < hi and len(best) <= budget:
+        mid = (lo + hi) // 2
+        ids = render(mid)
+        if len(ids) <= budget:
+            hi, best = mid, ids
+        else:
+            lo = mid + 1
+    return best, 2 * hi
+
+
+def parse_chat_request(payload: Any, tokenizer, context_len: int, defaults: SamplingDefaults) -> ChatRequest:
+    """Validate a decoded chat completions body; raises RequestError(400) naming the bad field.
+
+    When the client leaves max_tokens out, the reply gets room: if the conversation leaves less
+    than min(the default max_tokens, half the context), its oldest turns are left out (the system
+    message and the last user turn stay) and `dropped_messages` says how many."""
+    if not isinstance(payload, dict):
+        raise invalid("the body must be a JSON object", None, "invalid_type")
+    messages = parse_messages(payload.get("messages"))
+    sampling = parse_sampling(payload, context_len, defaults)
+    try:
+        if sampling.max_tokens is None:
+            reserve = min(defaults.max_tokens, context_len // 2)
+            prompt_ids, dropped = fit_conversation(tokenizer, messages, context_len - reserve)
+        else:
+            prompt_ids, dropped = tokenizer.render_for_completion({"messages": messages}), 0
+    except ValueError as e:  # the renderer's own checks, should ours ever miss one
+        raise invalid(str(e), "messages") from None
+    return _request(prompt_ids, "messages", sampling, context_len, defaults, dropped)
+
+
+def parse_completion_request(payload: Any, tokenizer, context_len: int, defaults: SamplingDefaults) -> ChatRequest:
+    """Validate a decoded text completions body (a base model continues `prompt`)."""
+    if not isinstance(payload, dict):
+        raise invalid("the body must be a JSON object", None, "invalid_type")
+    prompt = payload.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:  # OpenAI clients may send a batch of one
+        prompt = prompt[0]
+    if prompt is None:
+        raise invalid("'prompt' is required", "prompt", "missing_required_parameter")
+    if not isinstance(prompt, str):
+        raise invalid("'prompt' must be a string (one prompt per request)", "prompt", "invalid_type")
+    if not prompt:
+        raise invalid("'prompt' is empty", "prompt")
+    if len(prompt) > MAX_TOTAL_CHARS:
+        raise invalid(f"'prompt' has {len(prompt):,} characters, more than {MAX_TOTAL_CHARS:,}", "prompt")
+    sampling = parse_sampling(payload, context_len, defaults)
+    return _request(tokenizer.encode(prompt, prepend="<|bos|>"), "prompt", sampling, context_len, defaults)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -369,6 +474,11 @@ class Metrics:
         self.prompt_tokens = Counter("nanochat_prompt_tokens", "prompt tokens prefilled", registry=r)
         self.generated_tokens = Counter("nanochat_generated_tokens", "tokens generated (tool output included)",
                                         registry=r)
+        latency = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+        self.e2e = Histogram("nanochat_e2e_request_latency_seconds", "arrival to the end of a finished generation",
+                             registry=r, buckets=latency)
+        self.queue_time = Histogram("nanochat_request_queue_time_seconds", "arrival to the start of generation",
+                                    registry=r, buckets=(0.001,) + latency)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -584,8 +694,8 @@ class CompletionMeta:
     model: str
 
     @classmethod
-    def new(cls, model: str) -> "CompletionMeta":
-        return cls("chatcmpl-" + secrets.token_hex(12), int(time.time()), model)
+    def new(cls, model: str, prefix: str = "chatcmpl-") -> "CompletionMeta":
+        return cls(prefix + secrets.token_hex(12), int(time.time()), model)
 
 
 def chunk(meta: CompletionMeta, delta: dict, finish_reason: str | None = None, usage: bool = False) -> dict:
@@ -613,6 +723,20 @@ def completion(meta: CompletionMeta, text: str, finish_reason: str, prompt_token
             "usage": usage(prompt_tokens, completion_tokens)}
 
 
+def text_chunk(meta: CompletionMeta, text: str, finish_reason: str | None = None, usage: bool = False) -> dict:
+    """A streamed piece of a text completion (/v1/completions)."""
+    out = {"id": meta.id, "object": "text_completion", "created": meta.created, "model": meta.model,
+           "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]}
+    if usage:
+        out["usage"] = None
+    return out
+
+
+def text_completion(meta: CompletionMeta, text: str, finish_reason: str, prompt_tokens: int,
+                    completion_tokens: int) -> dict:
+    return {**text_chunk(meta, text, finish_reason), "usage": usage(prompt_tokens, completion_tokens)}
+
+
 def sse(obj: dict | str) -> bytes:
     data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
@@ -630,6 +754,7 @@ class ServerSettings:
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     model_name: str = "nanochat"
+    model_created: int = 0  # Unix time the checkpoint was written, for /v1/models
     # Host header names answered (lower case, no port); None = any. A server on loopback should
     # answer only to loopback names: otherwise a web page whose DNS name is rebound to 127.0.0.1
     # reaches the API from the user's own browser.
@@ -657,13 +782,51 @@ class HostCheck:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            if host_name(host) not in self.allowed:
-                error = RequestError(403, f"this server does not answer to the host name {host[:100]!r}: use "
-                                     f"http://localhost, or start chat_web with --host={host_name(host)[:100] or 'NAME'}",
+            name = host_name(host)[:100]
+            if name not in self.allowed:
+                error = RequestError(403, f"this server does not answer to the host name {name!r}: use "
+                                     "http://localhost, or start chat_web with --host set to that name",
                                      code="invalid_host", type="permission_error")
                 await JSONResponse(error.body(), status_code=403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class RequestLog:
+    """ASGI middleware: one log line per request once its response has ended, e.g.
+
+        POST /v1/chat/completions 200 prompt=25 completion=16 ttft=0.041s total=0.212s
+
+    Token counts and TTFT come from the handler (request.state); "-" where there are none, and
+    "client gone" when the client hung up before the end. Polls (/health, /metrics) log at DEBUG."""
+
+    QUIET = ("/health", "/metrics")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500  # 500 if the app fails before answering
+        state = scope.setdefault("state", {})
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            ttft = state.get("ttft")
+            line = (f"{scope['method']} {scope['path']} {status} prompt={state.get('prompt_tokens', '-')} "
+                    f"completion={state.get('completion_tokens', '-')} "
+                    f"ttft={'-' if ttft is None else f'{ttft:.3f}s'} total={time.perf_counter() - start:.3f}s")
+            if state.get("client_gone"):
+                line += " client gone"
+            logger.log(logging.DEBUG if scope["path"] in self.QUIET else logging.INFO, line)
 
 
 Loader = Callable[[], tuple[list, Any, int]]  # () -> (engines, tokenizer, context_len), run in a thread
@@ -728,8 +891,9 @@ def create_app(settings: ServerSettings, loader: Loader) -> FastAPI:
         # explicit origins only, never "*" with credentials: the API key travels in a header
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
-    if settings.allowed_hosts is not None:  # added last: the outermost layer, before CORS answers anything
+    if settings.allowed_hosts is not None:  # after CORS: outside it, so nothing answers a foreign host
         app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
+    app.add_middleware(RequestLog)  # outermost: refused requests are logged too
 
     def error_response(e: RequestError):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
@@ -786,65 +950,122 @@ def create_app(settings: ServerSettings, loader: Loader) -> FastAPI:
         data, content_type = metrics.render()
         return Response(data, media_type=content_type)
 
+    def model_card() -> dict:
+        return {"id": settings.model_name, "object": "model", "created": settings.model_created,
+                "owned_by": "nanochat", "max_model_len": pool.context_len or None}
+
+    def check_model(model: str) -> None:
+        if model and model != settings.model_name:
+            raise RequestError(404, f"the model {model[:100]!r} does not exist: this server serves "
+                               f"{settings.model_name!r} (GET /v1/models)", param="model", code="model_not_found")
+
     @app.get("/v1/models")
     async def models(request: Request):
         check_api_key(request)
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
-                                            "owned_by": "nanochat"}]}
+        return {"object": "list", "data": [model_card()]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
+    @app.get("/v1/models/{model_id:path}")
+    async def model(request: Request, model_id: str):
+        check_api_key(request)
+        check_model(model_id or "?")
+        return model_card()
+
+    async def generate(request: Request, parse: Callable, chat: bool):
+        """Chat and text completions: validate, queue, generate, answer (streaming or not)."""
         arrival = time.perf_counter()
         check_api_key(request)
         _require_json(request)
         try:
             body = await _read_body(request, MAX_BODY_BYTES)
         except ClientGone:
+            request.state.client_gone = True
             return Response(status_code=499)
         require_ready()
         # tokenizing 100k characters takes a few ms: off the event loop too
-        req = await asyncio.to_thread(parse_chat_request, parse_json(body), pool.tokenizer, pool.context_len,
-                                      settings.defaults)
-        meta = CompletionMeta.new(req.model or settings.model_name)
+        req = await asyncio.to_thread(parse, parse_json(body), pool.tokenizer, pool.context_len, settings.defaults)
+        check_model(req.model)
+        log = request.state  # what the request log line reports
+        log.prompt_tokens = n_prompt = len(req.prompt_ids)
+        meta = CompletionMeta.new(req.model or settings.model_name, "chatcmpl-" if chat else "cmpl-")
+        # left-out turns are reported in a header: it reaches streaming and non-streaming clients alike
+        headers = {"X-Nanochat-Dropped-Messages": str(req.dropped_messages)} if req.dropped_messages else {}
         gone = asyncio.ensure_future(_wait_disconnect(request.receive))
         try:
             job = await pool.submit(req, arrival, gone)
         except ClientGone:
+            log.client_gone = True
             return Response(status_code=499)
         except BaseException:
             gone.cancel()
             raise
+        metrics.queue_time.observe(time.perf_counter() - arrival)
         gone.add_done_callback(lambda _: job.cancel())
-        n_prompt = len(req.prompt_ids)
+
+        async def events():
+            """The job's events, noting TTFT, the token count and the latency on the way."""
+            async for event in job.events():
+                if event[0] == "text" and not hasattr(log, "ttft"):
+                    log.ttft = time.perf_counter() - arrival
+                elif event[0] == "finish":
+                    log.completion_tokens = event[2]
+                    metrics.e2e.observe(time.perf_counter() - arrival)
+                yield event
+
+        def piece(text: str, finish_reason: str | None = None) -> dict:
+            if chat:
+                return chunk(meta, {"content": text} if text else {}, finish_reason, usage=req.include_usage)
+            return text_chunk(meta, text, finish_reason, usage=req.include_usage)
 
         if not req.stream:
+            parts, finish_reason, n_out, error = [], None, 0, None
             try:
-                text, finish_reason, n_out, error = await job.result()
+                async for event in events():
+                    if event[0] == "text":
+                        parts.append(event[1])
+                    elif event[0] == "finish":
+                        _, finish_reason, n_out = event
+                    else:
+                        error = event[1]
             finally:
+                log.client_gone = gone.done() and finish_reason is None
                 job.cancel()
                 gone.cancel()
             if error:
                 raise RequestError(500, error, type="server_error")
-            return completion(meta, text, finish_reason, n_prompt, n_out)
+            build = completion if chat else text_completion
+            return JSONResponse(build(meta, "".join(parts), finish_reason, n_prompt, n_out), headers=headers)
 
         async def stream():
+            finished = False
             try:
-                yield sse(chunk(meta, {"role": "assistant", "content": ""}, usage=req.include_usage))
-                async for event in job.events():
+                if chat:
+                    yield sse(chunk(meta, {"role": "assistant", "content": ""}, usage=req.include_usage))
+                async for event in events():
                     if event[0] == "text":
-                        yield sse(chunk(meta, {"content": event[1]}, usage=req.include_usage))
+                        yield sse(piece(event[1]))
                     elif event[0] == "finish":
-                        yield sse(chunk(meta, {}, event[1], usage=req.include_usage))
+                        finished = True
+                        yield sse(piece("", event[1]))
                         if req.include_usage:
-                            yield sse(usage_chunk(meta, n_prompt, event[2]))
+                            yield sse(usage_chunk(meta, n_prompt, event[2]) if chat else
+                                      {**text_chunk(meta, ""), "choices": [], "usage": usage(n_prompt, event[2])})
                     else:
                         yield sse(RequestError(500, event[1], type="server_error").body())
                 yield sse("[DONE]")
             finally:
+                log.client_gone = not finished and gone.done()
                 job.cancel()  # a disconnect cancels this generator: stop the replica at its next token
                 gone.cancel()
 
         return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await generate(request, parse_chat_request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await generate(request, parse_completion_request, chat=False)
 
     return app

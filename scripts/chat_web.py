@@ -10,8 +10,18 @@
 Any OpenAI client works: base_url=http://127.0.0.1:8000/v1 (api_key = --api-key, or anything).
 Fields: messages (system first, then user/assistant alternating, ending with user), temperature
 [0, 2], top_k [0, 200] (0 = off), max_tokens (or max_completion_tokens), seed, stop (up to 4
-strings), stream, stream_options.include_usage, model (echoed). top_p is accepted and ignored:
-sampling uses top_k. Tool calls appear in the text as "[calculator: 2+3 = 5]".
+strings), stream, stream_options.include_usage, model (the id /v1/models lists, or left out;
+another id gets 404). top_p is accepted and ignored: sampling uses top_k. logprobs, tools,
+response_format and the penalties are refused with a 400 naming the field. Tool calls appear in
+the text as "[calculator: 2+3 = 5]". /v1/completions takes a `prompt` instead of messages and
+continues it (what a base model does); the other fields are the same.
+
+Without max_tokens, a reply always gets room: when the conversation leaves less than
+min(--max-tokens, half the context), its oldest turns are left out (the system message and the
+last user turn stay) and the X-Nanochat-Dropped-Messages header says how many.
+
+Each request logs one line (method, path, status, prompt and completion tokens, time to first
+token, total time); --log-level=debug adds the /health and /metrics polls.
 
 One engine replica per GPU (one on CPU/MPS), each generating on a thread of its own behind a
 bounded queue: a request that finds the queue full or waits longer than --queue-timeout gets 503
@@ -27,7 +37,8 @@ import os
 import torch
 import uvicorn
 
-from nanochat.checkpoint_manager import CheckpointError, find_model_tag, last_step, load_model, read_meta, stage_dir
+from nanochat.checkpoint_manager import (CheckpointError, find_model_tag, last_step, load_model, read_meta, stage_dir,
+                                         step_dir)
 from nanochat.common import autodetect_device_type, print0, setup_logging
 from nanochat.serving import LOOPBACK_HOSTS, SamplingDefaults, ServerSettings, create_app, host_name
 
@@ -50,6 +61,8 @@ parser.add_argument("--top-k", type=int, default=50, help="default top-k (0 = of
 parser.add_argument("--max-tokens", type=int, default=512, help="default reply length limit in tokens")
 parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait for a busy replica")
 parser.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request may wait before a 503")
+parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                    help="server log level (info: one line per request)")
 args = parser.parse_args()
 if not 0 <= args.temperature <= 2:
     parser.error(f"--temperature must be in [0, 2], got {args.temperature}")
@@ -68,7 +81,7 @@ else:
     if args.num_gpus != 1:
         parser.error(f"--num-gpus={args.num_gpus} needs CUDA; on {device_type} there is one replica")
     devices = [torch.device(device_type)]
-setup_logging()
+setup_logging(args.log_level.upper())
 
 # -------------------------------------------------------------------------------------------------
 # Resolve the checkpoint now, so a missing one is reported before the server starts; the weights
@@ -77,6 +90,7 @@ try:
     model_tag = args.model_tag or find_model_tag(stage_dir(args.source))
     step = last_step(stage_dir(args.source) / model_tag) if args.step is None else args.step
     read_meta(stage_dir(args.source) / model_tag, step)
+    created = int((step_dir(stage_dir(args.source) / model_tag, step) / "meta.json").stat().st_mtime)
 except CheckpointError as e:
     raise SystemExit(f"chat_web: {e} (pick another with -i/-g/-s)") from None
 model_name = f"nanochat-{args.source}-{model_tag}-step{step}"
@@ -100,7 +114,7 @@ allowed_hosts = LOOPBACK_HOSTS | {host_name(args.host)} if loopback else None
 settings = ServerSettings(
     defaults=SamplingDefaults(args.temperature, args.top_k, args.max_tokens),
     queue_size=args.queue_size, wait_timeout=args.queue_timeout, api_key=args.api_key or None,
-    cors_origins=args.cors_origin, model_name=model_name, allowed_hosts=allowed_hosts,
+    cors_origins=args.cors_origin, model_name=model_name, model_created=created, allowed_hosts=allowed_hosts,
 )
 app = create_app(settings, load_replicas)
 print0(f"chat_web: {model_name} on {len(devices)} {device_type} replica(s), queue {args.queue_size}, "

@@ -10,8 +10,10 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -31,8 +33,9 @@ def server_log(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tiny_base_checkpoint, server_log):
-    """The real script on the tiny base checkpoint, queue of 4, default max_tokens 16."""
-    with chat_web(tiny_base_checkpoint, server_log, "--queue-size=4", "--max-tokens=16") as addr:
+    """The real script on the tiny base checkpoint (a 64-token context), queue of 4, default
+    max_tokens 16, logging every request (the /health polls too)."""
+    with chat_web(tiny_base_checkpoint, server_log, "--queue-size=4", "--max-tokens=16", "--log-level=debug") as addr:
         yield addr
 
 
@@ -45,14 +48,19 @@ def tiny(tiny_base_checkpoint):
 # The wire format (real server)
 
 
+def served_model(addr: str) -> str:
+    return json.loads(call(addr, "GET", "/v1/models")[2])["data"][0]["id"]
+
+
 def test_streaming_format(server):
+    model = served_model(server)
     status, headers, raw = chat(server, {"messages": [USER], "stream": True, "stream_options": {"include_usage": True},
-                                         "max_tokens": 8, "seed": 1, "model": "my-model"})
+                                         "max_tokens": 8, "seed": 1, "model": model})
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     text, finish, usage = check_stream(raw, include_usage=True)
     assert usage["completion_tokens"] <= 8 and usage["prompt_tokens"] > 0
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert json.loads(sse_frames(raw)[0])["model"] == "my-model"  # echoed
+    assert json.loads(sse_frames(raw)[0])["model"] == model
     assert "\ufffd" not in text or True  # a base model may emit invalid bytes; split characters are tested below
     # without include_usage: no usage chunk, same shape otherwise
     status, _, raw = chat(server, {"messages": [USER], "stream": True, "max_tokens": 4})
@@ -254,10 +262,139 @@ def test_client_dropping_mid_body_is_not_an_error(server, server_log):
         with socket.create_connection((host, int(port))) as sock:
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
                          b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"messages\": [")
-    # the server carries on, and its log has no traceback for the requests that were cut short
+    # each is logged as one line, without a traceback; the server carries on
+    wait_until(lambda: server_log.read_text().count("POST /v1/chat/completions 499") >= 2, "the log lines")
     assert chat(server, {"messages": [USER], "max_tokens": 1})[0] == 200
     log = server_log.read_text()
     assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
+
+
+def test_one_log_line_per_request_and_latency_histograms(server, server_log):
+    status, _, body = chat(server, {"messages": [USER], "max_tokens": 3, "temperature": 0})
+    n = json.loads(body)["usage"]
+    status, _, raw = chat(server, {"messages": [USER], "max_tokens": 3, "temperature": 0, "stream": True})
+    line = (rf"POST /v1/chat/completions 200 prompt={n['prompt_tokens']} completion={n['completion_tokens']} "
+            r"ttft=\d+\.\d{3}s total=\d+\.\d{3}s$")
+    wait_until(lambda: len(re.findall(line, server_log.read_text(), re.M)) >= 2, "two request log lines")
+    call(server, "GET", "/no/such/page")
+    wait_until(lambda: re.search(r"GET /no/such/page 404 prompt=- completion=- ttft=- total=\S+s$",
+                                 server_log.read_text(), re.M), "the 404's log line")
+    assert re.search(r"GET /health 200 ", server_log.read_text())  # polls show at --log-level=debug
+    for name in ("nanochat_e2e_request_latency_seconds", "nanochat_request_queue_time_seconds"):
+        assert metric(server, name + "_count") >= 2 and metric(server, name + "_bucket", '{le="+Inf"}') >= 2
+
+
+def long_conversation(pairs: int) -> list[dict]:
+    """A system message, `pairs` question/answer pairs of about 10 tokens each (words the tiny
+    tokenizer knows), and a last question."""
+    messages = [{"role": "system", "content": "be brief"}]
+    for number in "one two three four five six seven eight".split()[:pairs]:
+        messages += [{"role": "user", "content": f"{number} cat sat on the mat"},
+                     {"role": "assistant", "content": f"{number} dog ran under the rug"}]
+    return messages + [{"role": "user", "content": "and then it was happy"}]
+
+
+def test_long_conversation_leaves_out_the_oldest_turns(server):
+    # context 64, --max-tokens=16: without max_tokens the reply is owed 16 tokens, so the prompt may
+    # use 48; six pairs are far more
+    messages = long_conversation(6)
+    for stream in (False, True):
+        status, headers, raw = chat(server, {"messages": messages, "stream": stream,
+                                             "stream_options": {"include_usage": True} if stream else None})
+        assert status == 200, raw[:300]
+        dropped = int(headers["x-nanochat-dropped-messages"])
+        assert dropped >= 2 and dropped % 2 == 0 and dropped < 12  # not all of them
+        n = check_stream(raw, include_usage=True)[2] if stream else json.loads(raw)["usage"]
+        assert n["prompt_tokens"] <= 48 and n["completion_tokens"] <= 16
+    # a conversation that fits says nothing; an explicit max_tokens is never trimmed for
+    status, headers, _ = chat(server, {"messages": long_conversation(0)})
+    assert status == 200 and "x-nanochat-dropped-messages" not in headers
+    status, _, raw = chat(server, {"messages": messages, "max_tokens": 8})
+    assert status == 400 and json.loads(raw)["error"]["code"] == "context_length_exceeded"
+
+
+def test_fit_conversation_keeps_system_and_last_turn(tiny):
+    from nanochat.serving import fit_conversation
+
+    _, tokenizer = tiny
+    messages = long_conversation(6)
+    full = tokenizer.render_for_completion({"messages": messages})
+    for budget in (len(full), len(full) - 1, 60, 40, 20, 10):
+        ids, dropped = fit_conversation(tokenizer, messages, budget)
+        kept = messages[:1] + messages[1 + dropped:]
+        assert ids == tokenizer.render_for_completion({"messages": kept})
+        text = tokenizer.decode(ids)
+        assert "be brief" in text and "and then it was happy" in text
+        if len(ids) <= budget:  # the fewest pairs left out: one pair fewer would not fit
+            assert dropped == 0 or len(tokenizer.render_for_completion(
+                {"messages": messages[:1] + messages[dropped - 1:]})) > budget
+        else:  # nothing more to leave out: the shortest form, over budget
+            assert dropped == 12 and "cat" not in text
+    assert fit_conversation(tokenizer, messages, 10)[1] == 12
+
+
+UNSUPPORTED = {"logprobs": True, "top_logprobs": 3, "tools": [{"type": "function", "function": {"name": "f"}}],
+               "tool_choice": "required", "response_format": {"type": "json_object"}, "presence_penalty": 0.5,
+               "frequency_penalty": -1, "logit_bias": {"50": 10}}
+
+
+@pytest.mark.parametrize("name", list(UNSUPPORTED))
+def test_unsupported_parameters_are_refused_by_name(server, name):
+    status, _, raw = chat(server, {"messages": [USER], "max_tokens": 1, name: UNSUPPORTED[name]})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == name and error["code"] == "unsupported_parameter"
+    assert name in error["message"]
+
+
+def test_off_values_of_unsupported_parameters_are_accepted(server):
+    payload = {"messages": [USER], "max_tokens": 1, "logprobs": False, "tools": [], "tool_choice": "none",
+               "response_format": {"type": "text"}, "presence_penalty": 0, "frequency_penalty": 0.0}
+    assert chat(server, payload)[0] == 200
+
+
+def test_model_ids(server):
+    model = served_model(server)
+    status, _, body = call(server, "GET", f"/v1/models/{model}")
+    card = json.loads(body)
+    assert status == 200 and card["id"] == model and card["object"] == "model" and card["max_model_len"] == 64
+    assert abs(card["created"] - time.time()) < 86400  # the checkpoint's time, written by this test session
+    assert json.loads(call(server, "GET", "/v1/models")[2])["data"] == [card]
+    status, _, body = call(server, "GET", "/v1/models/gpt-4o")
+    assert status == 404 and json.loads(body)["error"]["code"] == "model_not_found"
+    # chat and text completions take the listed id (or none); another id is 404, as vLLM answers
+    for path, payload in (("/v1/chat/completions", {"messages": [USER]}), ("/v1/completions", {"prompt": "the"})):
+        assert call(server, "POST", path, {**payload, "max_tokens": 1, "model": model})[0] == 200
+        status, _, body = call(server, "POST", path, {**payload, "max_tokens": 1, "model": "gpt-4o"})
+        error = json.loads(body)["error"]
+        assert status == 404 and error["code"] == "model_not_found" and error["param"] == "model"
+        assert model in error["message"]
+
+
+def test_text_completions(server, tiny):
+    payload = {"prompt": "the cat sat on", "max_tokens": 6, "temperature": 0}
+    status, _, body = call(server, "POST", "/v1/completions", payload)
+    out = json.loads(body)
+    assert status == 200 and out["object"] == "text_completion" and out["id"].startswith("cmpl-")
+    choice = out["choices"][0]
+    assert set(choice) == {"index", "text", "logprobs", "finish_reason"}
+    assert choice["finish_reason"] in ("stop", "length")
+    assert out["usage"]["prompt_tokens"] == 1 + len(tiny[1].encode("the cat sat on"))  # <|bos|> first
+    # streaming: the same text in pieces, the finish reason last, then the usage
+    status, headers, raw = call(server, "POST", "/v1/completions",
+                                {**payload, "prompt": ["the cat sat on"], "stream": True,
+                                 "stream_options": {"include_usage": True}})
+    frames = sse_frames(raw)
+    assert status == 200 and frames[-1] == b"[DONE]"
+    chunks = [json.loads(f) for f in frames[:-1]]
+    assert all(c["object"] == "text_completion" for c in chunks) and len({c["id"] for c in chunks}) == 1
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == choice["text"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == choice["finish_reason"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == out["usage"]
+    # bad prompts name the field
+    for bad in ({}, {"prompt": ""}, {"prompt": 5}, {"prompt": ["a", "b"]}, {"prompt": "the cat " * 60},
+                {"prompt": "x", "logprobs": 2}, {"prompt": "x", "echo": True}):
+        status, _, body = call(server, "POST", "/v1/completions", bad)
+        assert status == 400 and json.loads(body)["error"]["param"] in ("prompt", "logprobs", "echo"), bad
 
 
 _json_scalars = st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=True) | \
@@ -278,8 +415,10 @@ _payload = st.fixed_dictionaries({}, optional={
 def test_fuzzed_requests_never_500(server, payload):
     body = json.dumps(payload, allow_nan=True).encode()
     status, _, raw = chat(server, body, headers={"Content-Type": "application/json"})
-    assert status in (200, 400), raw[:300]
-    if status == 400:
+    assert status in (200, 400, 404), raw[:300]
+    if status == 404:  # only a model id this server does not serve
+        assert isinstance(payload.get("model"), str) and json.loads(raw)["error"]["code"] == "model_not_found"
+    elif status == 400:
         assert json.loads(raw)["error"]["message"]
     elif payload.get("stream") is True:
         check_stream(raw, include_usage=bool((payload.get("stream_options") or {}).get("include_usage")))
