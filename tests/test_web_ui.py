@@ -1,5 +1,6 @@
 """The chat UI (nanochat/ui.html): self-contained and escaping by inspection, then driven in a real
-headless chromium against the real script."""
+headless chromium against the real script, and against the app in-process with a scripted model
+(Markdown, a reply that fills the context, reload, the status dot)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import shutil
 import pytest
 
 from _browser import Browser, needs_chromium, run_chromium
-from _http import chat_web, metric
+from _http import ScriptedEngine, chat_web, load_tiny, metric, serve
 from conftest import REPO
+from nanochat.serving import SamplingDefaults, ServerSettings, create_app
 
 UI_PATH = REPO / "nanochat" / "ui.html"
 
@@ -122,3 +124,114 @@ def test_ui_send_regenerate_edit_new_chat(server, tmp_path):
         assert browser.js(count) == 0 and browser.js("!!document.querySelector('.empty')")
     finally:
         browser.close()
+
+
+MARKDOWN = """Here is **bold** and `inline <b>code</b>` text.
+
+```python
+print("<img src=x onerror=alert(1)>")
+```
+
+- one
+- two **<i>three</i>**
+
+1. first
+2. second
+
+| name | value |
+|------|-------|
+| <b>x</b> | `2` |
+
+<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> [calculator: 2+3 = 5]
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_base_checkpoint):
+    return load_tiny(tiny_base_checkpoint)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_ui_markdown_persistence_system_prompt_and_a_long_reply(tiny):
+    """A scripted model whose reply is hostile Markdown followed by filler, long enough to fill the
+    512-token context: the reply renders as Markdown without any injected element, a second turn
+    still gets an answer (the server leaves out the first turn and the UI says so), the
+    conversation and the system prompt survive a reload, and the status dot follows /health."""
+    _, tokenizer = tiny
+    ids = tokenizer.encode(MARKDOWN + "\n" + "the cat sat on the mat. " * 120)
+    assert len(tokenizer.encode(MARKDOWN)) < 400 < 512 < len(ids)  # the Markdown fits, the whole does not
+    app = create_app(ServerSettings(defaults=SamplingDefaults(max_tokens=2000)),
+                     lambda: ([ScriptedEngine(ids)], tokenizer, 512))
+    count = "document.querySelectorAll('#thread .msg').length"
+    idle = "document.getElementById('send').style.display !== 'none' && !document.querySelector('.pending')"
+    reply = "document.querySelector('#thread .msg.assistant')"
+    browser = Browser()
+    try:
+        with serve(app) as addr:
+            browser.send("Page.navigate", url=f"http://{addr}/")
+            browser.wait("document.getElementById('status').className === 'ok'", "the UI to see the server")
+            browser.js("window.sent = []; const f = window.fetch; window.fetch = (url, opts) => { "
+                       "if (opts && opts.body) sent.push(JSON.parse(opts.body)); return f(url, opts); }; "
+                       "const s = document.getElementById('system'); s.value = 'Answer in Markdown.'; "
+                       "s.dispatchEvent(new Event('input')); true")
+            browser.js("const i = document.getElementById('input'); i.focus(); i.value = 'Hello'; true")
+            browser.key("Enter")
+            browser.wait(f"{count} === 2 && ({idle})", "the first reply")
+            assert browser.js("sent[0].messages") == [{"role": "system", "content": "Answer in Markdown."},
+                                                      {"role": "user", "content": "Hello"}]
+            check_markdown(browser, reply)
+            assert "length limit" in browser.js("document.querySelector('#thread .note').textContent")
+            # the copy button copies the code
+            browser.js("Object.defineProperty(navigator.clipboard, 'writeText', "
+                       "{value: async (t) => { window.copied = t; }}); "
+                       f"{reply}.querySelector('.code .copy').click(); true")
+            browser.wait("window.copied !== undefined", "the copy")
+            assert browser.js("window.copied") == 'print("<img src=x onerror=alert(1)>")'
+            # the first reply filled the context; a second turn still gets an answer
+            browser.js("const j = document.getElementById('input'); j.focus(); j.value = 'And then?'; true")
+            browser.key("Enter")
+            browser.wait(f"{count} === 4 && ({idle})", "the second reply")
+            assert not browser.js("document.getElementById('banner').classList.contains('show')")
+            notes = browser.js("[...document.querySelectorAll('#thread .note')].map(n => n.textContent)")
+            assert len(notes) == 2 and "The 2 oldest messages were left out" in notes[1], notes
+            # a reload brings back the conversation, its notes and the system prompt
+            browser.send("Page.reload")
+            browser.wait(f"{count} === 4 && document.getElementById('status').className === 'ok'", "the reload")
+            check_markdown(browser, reply)
+            assert browser.js("[...document.querySelectorAll('#thread .note')].map(n => n.textContent)") == notes
+            assert browser.js("document.getElementById('system').value") == "Answer in Markdown."
+            # New chat empties the stored conversation too
+            browser.js("document.getElementById('new-chat').click(); true")
+            browser.send("Page.reload")
+            browser.wait("!!document.querySelector('.empty') && document.getElementById('status').className === 'ok'",
+                         "an empty thread after reload")
+            assert browser.js(count) == 0
+        # the server stops: the dot turns red within a few polls
+        browser.wait("document.getElementById('status').className === 'down'", "the status dot", timeout=10)
+    finally:
+        browser.close()
+
+
+def check_markdown(browser: Browser, reply: str) -> None:
+    md = browser.js(f"""(() => {{ const r = {reply};
+        return {{code: r.querySelector('.code pre code').textContent,
+                 font: getComputedStyle(r.querySelector('.code pre code')).fontFamily,
+                 copy: r.querySelector('.code button.copy').textContent,
+                 inline: [...r.querySelectorAll('p code, td code')].map(c => c.textContent),
+                 bold: [...r.querySelectorAll('strong')].map(b => b.textContent),
+                 ul: [...r.querySelectorAll('ul li')].map(li => li.textContent),
+                 ol: [...r.querySelectorAll('ol li')].map(li => li.textContent),
+                 th: [...r.querySelectorAll('th')].map(c => c.textContent),
+                 td: [...r.querySelectorAll('td')].map(c => c.textContent),
+                 tool: r.querySelector('.tool').textContent,
+                 injected: document.querySelectorAll('#thread img, #thread script, #thread b, #thread i, #thread a')
+                     .length,
+                 pwned: window.pwned === undefined ? null : window.pwned}}; }})()""")
+    assert md["code"] == 'print("<img src=x onerror=alert(1)>")' and "monospace" in md["font"]
+    assert md["copy"] == "Copy"
+    assert md["inline"] == ["inline <b>code</b>", "2"] and md["bold"] == ["bold", "<i>three</i>"]
+    assert md["ul"] == ["one", "two <i>three</i>"] and md["ol"] == ["first", "second"]
+    assert md["th"] == ["name", "value"] and md["td"] == ["<b>x</b>", "2"]
+    assert md["tool"] == "calculator2+3 = 5"
+    assert md["injected"] == 0 and md["pwned"] is None
