@@ -5,20 +5,24 @@
     python -m scripts.chat_cli -p "Why is the sky blue?"  # one reply, then exit
     python -m scripts.chat_cli -i base -p "The capital of France is"   # a base model continues text
 
-Interactive commands: 'quit' or 'exit' to leave, 'clear' to start a new conversation; Ctrl-C stops
-a reply. Replies stream as they are sampled and never split a multi-byte character; calculator
-calls show as [calculator: 2+3 = 5]. A base model was never taught the chat template, so with
--i base every line is a text prompt that the model continues (no conversation history).
+Interactive commands (never sent to the model): /help, /clear starts a new conversation, /exit
+leaves (so do 'exit', 'quit' and Ctrl-D); Ctrl-C stops a reply. In a terminal the line is edited
+with readline (arrows, Ctrl-A/E, Ctrl-R) and the history is kept in $NANOCHAT_BASE_DIR/chat_history.
+Replies stream as they are sampled and never split a multi-byte character; calculator calls show
+as [calculator: 2+3 = 5]. A base model was never taught the chat template, so with -i base every
+line is a text prompt that the model continues (no conversation history).
 """
 
 import argparse
+import contextlib
+import re
 import sys
 from contextlib import nullcontext
 
 import torch
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
-from nanochat.common import autodetect_device_type, setup_logging
+from nanochat.common import autodetect_device_type, get_base_dir, setup_logging
 from nanochat.engine import Engine, StreamDecoder
 from nanochat.tokenizer import TokenizerError
 
@@ -35,6 +39,8 @@ parser.add_argument("--max-tokens", type=int, default=512, help="reply length li
 parser.add_argument("--seed", type=int, default=42, help="sampling seed (turn n uses seed + n)")
 parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
 args = parser.parse_args()
+if args.prompt is not None and not args.prompt.strip():
+    parser.error("-p/--prompt is empty: give the text to answer, or leave -p out to chat")
 if args.temperature < 0:
     parser.error(f"--temperature must be >= 0, got {args.temperature}")
 if args.top_k < 0:
@@ -71,7 +77,7 @@ def reply(prompt_ids: list[int], seed: int) -> list[dict] | None:
     max_tokens = min(args.max_tokens, context - len(prompt_ids))
     if max_tokens <= 0:
         print(f"[the conversation ({len(prompt_ids)} tokens) fills the model's context of {context}: "
-              "type 'clear' to start a new one]", flush=True)
+              "type /clear to start a new one]", flush=True)
         return None
     parts: list[dict] = []
     decoder = StreamDecoder(tokenizer)
@@ -139,12 +145,22 @@ if args.prompt is not None:
     reply(ids, args.seed)
     raise SystemExit(0)
 
-print(f"nanochat: {args.source} model, step {meta['step']}, on {device_type}. "
-      "'quit' or 'exit' leaves, 'clear' starts a new conversation.")
+HELP = """/help   this list
+/clear  start a new conversation
+/exit   leave (also: exit, quit, Ctrl-D)
+Ctrl-C stops a reply; arrows and Ctrl-R edit and recall lines."""
+interactive = sys.stdin.isatty()
+history_file = get_base_dir() / "chat_history"
+if interactive:
+    import readline  # input() gets line editing and history once this module is loaded
+
+    readline.set_history_length(1000)
+    with contextlib.suppress(OSError):
+        readline.read_history_file(history_file)
+print(f"nanochat: {args.source} model, step {meta['step']}, on {device_type}. /help lists the commands.")
 if not chat:
     print("(a base model: each line is a text prompt that the model continues)")
 messages: list[dict] = []
-echo = not sys.stdin.isatty()  # piped input: show it, so the transcript reads like a conversation
 turn = 0
 while True:
     try:
@@ -152,14 +168,20 @@ while True:
     except (EOFError, KeyboardInterrupt):
         print()
         break
-    if echo:
+    if not interactive:  # piped input: show it, so the transcript reads like a conversation
         print(line)
     command = line.strip().lower()
-    if command in ("quit", "exit"):
+    if command in ("/exit", "/quit", "exit", "quit"):
         break
-    if command == "clear":
+    if command in ("/clear", "clear"):
         messages = []
         print("(new conversation)")
+        continue
+    if command == "/help":
+        print(HELP)
+        continue
+    if re.fullmatch(r"/[a-z]+", command):
+        print(f"unknown command {command}: /help lists the commands")
         continue
     if not line.strip():
         continue
@@ -172,6 +194,9 @@ while True:
     parts = reply(ids, args.seed + turn)
     turn += 1
     if chat and parts is None:
-        messages.pop()  # it did not fit: forget it, so 'clear' is not the only way on
+        messages.pop()  # it did not fit: forget it, so /clear is not the only way on
     elif chat:
         messages.append({"role": "assistant", "content": parts})
+if interactive:
+    with contextlib.suppress(OSError):
+        readline.write_history_file(history_file)

@@ -3,9 +3,11 @@
 Each run pays for importing torch (seconds on a busy 2-core box), so the cases share runs."""
 
 import os
+import select
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -44,13 +46,16 @@ def chat_world(tiny_world, tmp_path):
 def test_interactive_chat_via_stdin(chat_world):
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(chat_world), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "scripts.chat_cli", "-i", "sft", "--max-tokens", "20",
-                           "--device-type", "cpu"], input="hi\nwhat next?\nclear\nthe dog\nquit\nnever read\n",
+                           "--device-type", "cpu"],
+                          input="hi\n/help\nwhat next?\n/nonsense\nclear\nthe dog\nquit\nnever read\n",
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "Traceback" not in proc.stderr
     assert "User: hi" in out and "User: the dog" in out  # piped input is echoed
     assert "(new conversation)" in out
+    # commands are answered by the CLI, never sent to the model
+    assert "/clear  start a new conversation" in out and "unknown command /nonsense" in out
     # three replies (the line after 'quit' is never answered), each the scripted tool call
     assert out.count("Assistant: [calculator: 2+3 = 5]!\n") == 3, out
 
@@ -63,3 +68,76 @@ def test_missing_checkpoint_is_one_clear_error(tiny_base_checkpoint):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("chat_cli: ") and "sft_checkpoints" in lines[0], proc.stderr
+
+
+def test_empty_prompt_is_refused(tiny_base_checkpoint):
+    proc = run_script("scripts.chat_cli", "-i", "base", "-p", "  ", "--device-type", "cpu", base=tiny_base_checkpoint,
+                      check=False, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "chat_cli.py: error: -p/--prompt is empty: give the text to answer, or leave -p out to chat"
+
+
+class Terminal:
+    """A process on a pseudo-terminal: what it prints is read back, keys are written to it."""
+
+    def __init__(self, cmd: list[str], env: dict):
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env,
+                                     start_new_session=True)
+        os.close(slave)
+        self.out, self.pos = b"", 0
+
+    def expect(self, text: bytes, timeout: float = 120) -> None:
+        """Wait for `text` after what was already matched; the next expect starts after it."""
+        deadline = time.monotonic() + timeout
+        while (i := self.out.find(text, self.pos)) < 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} in:\n{self.out.decode(errors='replace')[-2000:]}")
+            if select.select([self.master], [], [], 1)[0]:
+                try:
+                    data = os.read(self.master, 4096)
+                except OSError:  # EIO: the process is gone and its output was read
+                    data = b""
+                if not data:
+                    raise AssertionError(f"exited without {text!r}:\n{self.out.decode(errors='replace')[-2000:]}")
+                self.out += data
+        self.pos = i + len(text)
+
+    def type(self, keys: str) -> None:
+        os.write(self.master, keys.encode())
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            os.close(self.master)
+
+
+def test_terminal_line_editing_history_and_commands(chat_world):
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(chat_world), "OMP_NUM_THREADS": "1", "TERM": "xterm"}
+    term = Terminal([sys.executable, "-m", "scripts.chat_cli", "-i", "sft", "--max-tokens", "20",
+                     "--device-type", "cpu"], env)
+    try:
+        term.expect(b"User: ")
+        term.type("/help\r")
+        term.expect(b"/exit   leave")
+        term.expect(b"User: ")
+        term.type("hi\r")
+        term.expect(b"Assistant: [calculator: 2+3 = 5]!")
+        term.expect(b"User: ")
+        term.type("/cler\x1b[Da\r")  # readline: cursor left, insert the missing letter -> /clear
+        term.expect(b"(new conversation)")
+        term.expect(b"User: ")
+        term.type("\x1b[A\r")  # arrow up recalls /clear from the history
+        term.expect(b"(new conversation)")
+        term.expect(b"User: ")
+        term.type("/exit\r")
+        assert term.close() == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+    out = term.out.decode(errors="replace")
+    assert "Traceback" not in out and "unknown command" not in out and out.count("Assistant:") == 1, out
+    history = (chat_world / "chat_history").read_text().splitlines()
+    assert history[-4:] == ["/help", "hi", "/clear", "/exit"], history  # a repeated line is kept once
