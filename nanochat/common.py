@@ -3,6 +3,7 @@ logging set-up (called by entry scripts, never at import) and device detection."
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -174,3 +175,43 @@ def autodetect_dtype(device_type: str) -> str:
         peaks = cpu_matmul_peaks()
         return "bfloat16" if peaks["bfloat16"] > 1.2 * peaks["float32"] else "float32"
     return "float32"
+
+
+class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" unless the help already says what the default means, or there is
+    nothing to say (None, a switch that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if "default" in help or action.default in (None, False, argparse.SUPPRESS):
+            return help
+        return super()._get_help_string(action)
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """The argument parser of every entry script: usage reads `python -m scripts.X`, defaults show
+    once, and karpathy/nanochat's underscore spellings are accepted (--device_batch_size means
+    --device-batch-size), so its commands keep working here.
+
+        parser = ScriptParser(__file__, "Pretrain the base model.")
+        parser.add_argument("--device-batch-size", type=int, default=32, help="sequences per forward pass")
+        parser.parse_args(["--device_batch_size=8"]).device_batch_size  # 8
+    """
+
+    def __init__(self, script: str, description: str, **kwargs):
+        path = Path(script)
+        super().__init__(prog=f"python -m {path.parent.name}.{path.stem}", description=description,
+                         formatter_class=_DefaultsOnce,
+                         epilog="Flags may also be spelled with underscores: --model_tag = --model-tag.", **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        known = {flag for action in self._actions for flag in action.option_strings}
+        args = list(sys.argv[1:] if args is None else args)
+        for i, arg in enumerate(args):
+            if arg == "--":  # what follows is positional
+                break
+            flag, eq, value = arg.partition("=")
+            dashed = flag.replace("_", "-")
+            if flag.startswith("--") and flag not in known and dashed in known:
+                args[i] = dashed + eq + value
+        return super().parse_known_args(args, namespace)

@@ -10,22 +10,20 @@ Writes <base>/base_eval/<stage>_<tag>_step<NNNNNN>.csv (one row per task: accura
 and the "Base model evaluation" section of the report.
 """
 
-import argparse
 import csv
 import sys
 import time
 
-
 from nanochat.checkpoint_manager import CheckpointError, find_model_tag, last_step, load_model, stage_dir
-from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, setup_logging
+from nanochat.common import ScriptParser, compute_cleanup, compute_init, get_base_dir, print0, setup_logging
 from nanochat.core_eval import SOURCES, evaluate_core
 from nanochat.report import log_section
 from nanochat.training import precision
 
 # -------------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description="CORE evaluation of a model checkpoint.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-parser.add_argument("-i", "--stage", default="base", choices=["base", "mid", "sft", "rl"], help="which checkpoints")
+parser = ScriptParser(__file__, "CORE evaluation of a model checkpoint.")
+parser.add_argument("-i", "--source", dest="stage", default="base", choices=["base", "mid", "sft", "rl"],
+                    help="which checkpoints")
 parser.add_argument("-g", "--model-tag", default=None, help="model tag (default: the deepest d<N> of the stage)")
 parser.add_argument("-s", "--step", type=int, default=-1, help="checkpoint step (-1 = the last one)")
 parser.add_argument("--max-per-task", type=int, default=-1, help="items per task, a seeded subset (-1 = all)")

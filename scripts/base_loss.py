@@ -5,11 +5,9 @@
     torchrun --standalone --nproc_per_node=8 -m scripts.base_loss
 """
 
-import argparse
-
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
-from nanochat.common import compute_cleanup, compute_init, print0, setup_logging
+from nanochat.common import ScriptParser, compute_cleanup, compute_init, print0, setup_logging
 from nanochat.dataloader import tokenizing_distributed_data_loader
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.report import log_section
@@ -21,9 +19,9 @@ PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yes
            "If 5*x + 3 = 13, then x is"]
 
 # -------------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description="Bits per byte and samples of a base checkpoint.")
-parser.add_argument("--model-tag", default=None, help="checkpoint tag (default: the deepest model)")
-parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the last)")
+parser = ScriptParser(__file__, "Bits per byte and samples of a base checkpoint.")
+parser.add_argument("-g", "--model-tag", default=None, help="checkpoint tag (default: the deepest model)")
+parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the last)")
 parser.add_argument("--device-batch-size", type=int, default=32, help="sequences per forward pass")
 parser.add_argument("--eval-tokens", type=int, default=20 * 524288, help="tokens per split")
 parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")

@@ -9,14 +9,13 @@ One dial: --depth sets width (64·depth), heads, and through the tokens:params r
 Checkpoints go to <base>/base_checkpoints/d<depth>/step_NNNNNN/.
 """
 
-import argparse
 import json
 import time
 
 import torch
 
 from nanochat.checkpoint_manager import save_checkpoint, stage_dir
-from nanochat.common import compute_cleanup, compute_init, peak_flops, print0, setup_logging
+from nanochat.common import ScriptParser, compute_cleanup, compute_init, peak_flops, print0, setup_logging
 from nanochat.dataloader import tokenizing_distributed_data_loader
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.loss_eval import evaluate_bpb
@@ -25,7 +24,7 @@ from nanochat.tokenizer import get_token_bytes, get_tokenizer
 from nanochat.training import StepLog, init_wandb, lr_multiplier, muon_momentum, oom_exit, precision, resume, set_lr
 
 # -------------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description="Pretrain the base model.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser = ScriptParser(__file__, "Pretrain the base model.")
 parser.add_argument("--run", default="dummy", help="wandb run name ('dummy' = no wandb)")
 parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
 parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -56,7 +55,7 @@ parser.add_argument("--eval-every", type=int, default=250, help="val bits-per-by
 parser.add_argument("--eval-tokens", type=int, default=20 * 524288, help="tokens of validation text per evaluation")
 parser.add_argument("--sample-every", type=int, default=2000, help="print samples every N steps (-1 = only at the end)")
 parser.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (always at the end)")
-parser.add_argument("--model-tag", default=None, help="checkpoint directory name (default d<depth>)")
+parser.add_argument("-g", "--model-tag", default=None, help="checkpoint directory name (default d<depth>)")
 parser.add_argument("--resume", action="store_true", help="continue from the last committed checkpoint of this model tag")
 parser.add_argument("--seed", type=int, default=42, help="seed of the initialisation")
 args = parser.parse_args()

@@ -13,7 +13,6 @@ as [calculator: 2+3 = 5]. A base model was never taught the chat template, so wi
 line is a text prompt that the model continues (no conversation history).
 """
 
-import argparse
 import contextlib
 import re
 import sys
@@ -22,13 +21,12 @@ from contextlib import nullcontext
 import torch
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
-from nanochat.common import autodetect_device_type, get_base_dir, setup_logging
+from nanochat.common import ScriptParser, autodetect_device_type, get_base_dir, setup_logging
 from nanochat.engine import Engine, StreamDecoder
 from nanochat.tokenizer import TokenizerError
 
 # -------------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description="Chat with a model in the terminal.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser = ScriptParser(__file__, "Chat with a model in the terminal.")
 parser.add_argument("-i", "--source", default="sft", choices=["base", "mid", "sft", "rl"], help="which stage's model")
 parser.add_argument("-g", "--model-tag", default=None, help="model tag, e.g. d20 (default: the deepest)")
 parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the last)")

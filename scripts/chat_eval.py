@@ -13,7 +13,6 @@ ARC and MMLU (four choices) and 0 for the others; with fewer tasks it is reporte
 Works on any stage, base included. Writes the "Chat evaluation <stage>" report section.
 """
 
-import argparse
 import sys
 import time
 
@@ -22,7 +21,7 @@ import torch.distributed as dist
 
 from nanochat.chat_metrics import categorical_accuracy, generative_pass, spread_indices
 from nanochat.checkpoint_manager import CheckpointError, find_model_tag, last_step, load_model, stage_dir
-from nanochat.common import compute_cleanup, compute_init, print0, setup_logging
+from nanochat.common import ScriptParser, compute_cleanup, compute_init, print0, setup_logging
 from nanochat.engine import Engine
 from nanochat.report import log_section
 from nanochat.training import precision
@@ -44,9 +43,9 @@ TASKS = {
 BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
 
 # -------------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description="Evaluate a chat model; ChatCORE.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-parser.add_argument("-i", "--stage", default="sft", choices=["base", "mid", "sft", "rl"], help="which checkpoints")
+parser = ScriptParser(__file__, "Evaluate a chat model; ChatCORE.")
+parser.add_argument("-i", "--source", dest="stage", default="sft", choices=["base", "mid", "sft", "rl"],
+                    help="which checkpoints")
 parser.add_argument("-a", "--task-name", default="|".join(TASKS), help="tasks to run, separated by |")
 parser.add_argument("-b", "--batch-size", type=int, default=8, help="problems per forward pass (categorical tasks)")
 parser.add_argument("-x", "--max-problems", type=int, default=-1, help="problems per task, evenly spread (-1 = all)")

@@ -11,7 +11,6 @@ train when Hugging Face is reachable, else our synthetic word problems; pass@k o
 every --eval-every steps. Reads <base>/sft_checkpoints, writes <base>/rl_checkpoints/<tag>/.
 """
 
-import argparse
 import time
 
 import torch
@@ -19,7 +18,7 @@ import torch.distributed as dist
 
 from nanochat.chat_metrics import generative_pass, spread_indices
 from nanochat.checkpoint_manager import CheckpointError, load_model, save_checkpoint, stage_dir
-from nanochat.common import compute_cleanup, compute_init, print0, setup_logging
+from nanochat.common import ScriptParser, compute_cleanup, compute_init, print0, setup_logging
 from nanochat.engine import Engine
 from nanochat.report import log_section
 from nanochat.rl import policy_gradient_backward, rollout
@@ -29,12 +28,11 @@ from tasks.gsm8k import GSM8K
 from tasks.toolmath import SyntheticMath
 
 # -------------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description="RL on math word problems with the task's checker as reward.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser = ScriptParser(__file__, "RL on math word problems with the task's checker as reward.")
 parser.add_argument("--run", default="dummy", help="wandb run name ('dummy' = no wandb)")
 parser.add_argument("-i", "--source", default="sft", choices=["base", "mid", "sft"], help="stage to start from")
-parser.add_argument("--model-tag", default=None, help="model tag to start from (default: the deepest)")
-parser.add_argument("--step", type=int, default=None, help="checkpoint step to start from (default: the last)")
+parser.add_argument("-g", "--model-tag", default=None, help="model tag to start from (default: the deepest)")
+parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step to start from (default: the last)")
 parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
 parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
 parser.add_argument("--task", default="auto", choices=["auto", "gsm8k", "synthetic"],
@@ -43,8 +41,8 @@ parser.add_argument("--num-steps", type=int, default=200, help="optimizer steps"
 parser.add_argument("--examples-per-step", type=int, default=16, help="problems per step (all processes)")
 parser.add_argument("--num-samples", type=int, default=16, help="completions sampled per problem")
 parser.add_argument("--max-new-tokens", type=int, default=256, help="completion length limit")
-parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-parser.add_argument("--top-k", type=int, default=50, help="sampling top-k (0 = off)")
+parser.add_argument("-t", "--temperature", type=float, default=1.0, help="sampling temperature")
+parser.add_argument("-k", "--top-k", type=int, default=50, help="sampling top-k (0 = off)")
 parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embedding (scaled by width)")
 parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of the head (scaled by width)")
 parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr of the block matrices")

@@ -11,7 +11,6 @@ accumulation reaches --target-examples-per-step. Reads <base>/mid_checkpoints (o
 <base>/sft_checkpoints/<tag>/.
 """
 
-import argparse
 import json
 import os
 import time
@@ -21,7 +20,8 @@ import torch.distributed as dist
 
 from nanochat.checkpoint_manager import CheckpointError, load_model, save_checkpoint, stage_dir
 from nanochat.chat_metrics import categorical_accuracy, spread_indices
-from nanochat.common import compute_cleanup, compute_init, get_base_dir, peak_flops, print0, setup_logging
+from nanochat.common import (ScriptParser, compute_cleanup, compute_init, get_base_dir, peak_flops, print0,
+                             setup_logging)
 from nanochat.dataloader import padded_batch
 from nanochat.report import log_section
 from nanochat.training import StepLog, init_wandb, lr_multiplier, oom_exit, precision, set_lr
@@ -35,12 +35,11 @@ from tasks.spellingbee import SimpleSpelling, SpellingBee
 from tasks.toolmath import SyntheticMath
 
 # -------------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description="Supervised finetuning on conversations.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser = ScriptParser(__file__, "Supervised finetuning on conversations.")
 parser.add_argument("--run", default="dummy", help="wandb run name ('dummy' = no wandb)")
 parser.add_argument("-i", "--source", default="mid", choices=["base", "mid"], help="stage to start from")
-parser.add_argument("--model-tag", default=None, help="model tag to start from (default: the deepest)")
-parser.add_argument("--step", type=int, default=None, help="checkpoint step to start from (default: the last)")
+parser.add_argument("-g", "--model-tag", default=None, help="model tag to start from (default: the deepest)")
+parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step to start from (default: the last)")
 parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
 parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
 parser.add_argument("--device-batch-size", type=int, default=4, help="conversations per forward pass per process")

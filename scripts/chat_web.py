@@ -31,7 +31,6 @@ loopback (the default), the server answers only requests whose Host is localhost
 nanochat/serving.py; this script loads and runs it.
 """
 
-import argparse
 import os
 
 import torch
@@ -39,12 +38,11 @@ import uvicorn
 
 from nanochat.checkpoint_manager import (CheckpointError, find_model_tag, last_step, load_model, read_meta, stage_dir,
                                          step_dir)
-from nanochat.common import autodetect_device_type, print0, setup_logging
+from nanochat.common import ScriptParser, autodetect_device_type, print0, setup_logging
 from nanochat.serving import LOOPBACK_HOSTS, SamplingDefaults, ServerSettings, create_app, host_name
 
 # -------------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description="Serve the chat UI and an OpenAI-compatible API.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser = ScriptParser(__file__, "Serve the chat UI and an OpenAI-compatible API.")
 parser.add_argument("-i", "--source", default="sft", choices=["base", "mid", "sft", "rl"], help="which stage's model")
 parser.add_argument("-g", "--model-tag", default=None, help="model tag, e.g. d20 (default: the deepest)")
 parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the last)")
@@ -56,8 +54,8 @@ parser.add_argument("--api-key", default=os.environ.get("NANOCHAT_API_KEY"),
                     help="require 'Authorization: Bearer KEY' on /v1/* (default: $NANOCHAT_API_KEY, else none)")
 parser.add_argument("--cors-origin", action="append", default=[],
                     help="an origin allowed to call the API from a browser (repeatable; default: same origin only)")
-parser.add_argument("--temperature", type=float, default=0.6, help="default sampling temperature")
-parser.add_argument("--top-k", type=int, default=50, help="default top-k (0 = off)")
+parser.add_argument("-t", "--temperature", type=float, default=0.6, help="default sampling temperature")
+parser.add_argument("-k", "--top-k", type=int, default=50, help="default top-k (0 = off)")
 parser.add_argument("--max-tokens", type=int, default=512, help="default reply length limit in tokens")
 parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait for a busy replica")
 parser.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request may wait before a 503")

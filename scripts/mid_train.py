@@ -12,7 +12,6 @@ render_conversation and packed into one token stream, as in pretraining. One epo
 Reads <base>/base_checkpoints/<tag>/, writes <base>/mid_checkpoints/<tag>/.
 """
 
-import argparse
 import json
 import math
 import os
@@ -21,7 +20,7 @@ import time
 import torch
 
 from nanochat.checkpoint_manager import CheckpointError, load_model, save_checkpoint, stage_dir
-from nanochat.common import compute_cleanup, compute_init, get_base_dir, peak_flops, print0, setup_logging
+from nanochat.common import ScriptParser, compute_cleanup, compute_init, get_base_dir, peak_flops, print0, setup_logging
 from nanochat.dataloader import conversation_data_loader
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.report import log_section
@@ -36,14 +35,13 @@ from tasks.spellingbee import SimpleSpelling, SpellingBee
 from tasks.toolmath import SyntheticMath
 
 # -------------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description="Midtrain the base model on conversations.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser = ScriptParser(__file__, "Midtrain the base model on conversations.")
 parser.add_argument("--run", default="dummy", help="wandb run name ('dummy' = no wandb)")
 parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
 parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
 parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on for CUDA)")
-parser.add_argument("--model-tag", default=None, help="base model tag to start from (default: the deepest)")
-parser.add_argument("--step", type=int, default=None, help="base checkpoint step (default: the last)")
+parser.add_argument("-g", "--model-tag", default=None, help="base model tag to start from (default: the deepest)")
+parser.add_argument("-s", "--step", type=int, default=None, help="base checkpoint step (default: the last)")
 parser.add_argument("--device-batch-size", type=int, default=32, help="sequences per forward pass per process")
 parser.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step")
 parser.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = one epoch of the mixture)")

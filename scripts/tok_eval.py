@@ -9,10 +9,9 @@ German, Spanish, Chinese, Korean), the held-out texts the data stage kept out of
 and slices of the training and validation shards. Higher bytes/token = better compression.
 """
 
-import argparse
 import time
 
-from nanochat.common import print0, setup_logging
+from nanochat.common import ScriptParser, print0, setup_logging
 from nanochat.dataset import heldout_texts, parquets_iter_batched
 from nanochat.report import log_section
 from nanochat.tokenizer import SPECIAL_TOKENS, get_tokenizer, iter_texts
@@ -58,7 +57,7 @@ SAMPLES = {
 }
 
 # -------------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description="Bytes per token of our tokenizer vs a reference.")
+parser = ScriptParser(__file__, "Bytes per token of our tokenizer vs a reference.")
 parser.add_argument("--no-reference", action="store_true", help="skip training the HF tokenizers reference")
 parser.add_argument("--ref-max-chars", type=int, default=50_000_000,
                     help="characters of training text for the reference tokenizer")

@@ -7,16 +7,15 @@ The text is the pretraining corpus: cached shards, else FineWeb-Edu over HTTP, e
 corpus built from package-shipped text (`--source` forces one).
 """
 
-import argparse
 import time
 
-from nanochat.common import print0, setup_logging
+from nanochat.common import ScriptParser, print0, setup_logging
 from nanochat.dataset import ensure_pretraining_data, parquets_iter_batched
 from nanochat.report import log_section
 from nanochat.tokenizer import Tokenizer, get_tokenizer_dir, iter_texts
 
 # -------------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description="Train the BPE tokenizer on the pretraining text.")
+parser = ScriptParser(__file__, "Train the BPE tokenizer on the pretraining text.")
 parser.add_argument("--max-chars", type=int, default=2_000_000_000, help="train on at most this many characters")
 parser.add_argument("--doc-cap", type=int, default=10_000, help="crop each document to this many characters (0 = no cap)")
 parser.add_argument("--vocab-size", type=int, default=65536, help="vocabulary size including the 9 special tokens")
