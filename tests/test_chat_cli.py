@@ -75,7 +75,7 @@ def test_empty_prompt_is_refused(tiny_base_checkpoint):
                       check=False, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == \
-        "chat_cli.py: error: -p/--prompt is empty: give the text to answer, or leave -p out to chat"
+        "python -m scripts.chat_cli: error: -p/--prompt is empty: give the text to answer, or leave -p out to chat"
 
 
 class Terminal:
