@@ -379,8 +379,7 @@ def load_hf(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], GPTConf
     model.safetensors or shards listed in model.safetensors.index.json."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise HFFormatError(f"{folder} is not a folder; download one first, e.g. `hf download karpathy/nanochat-d32 "
-                            f"--local-dir {folder}`")
+        raise HFFormatError(f"{folder} is not a folder; download a model first (`hf download REPO --local-dir {folder}`)")
     try:
         hf = json.loads((folder / "config.json").read_text())
     except FileNotFoundError:
@@ -404,4 +403,7 @@ def load_hf(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], GPTConf
             raise HFFormatError(f"{folder / shard} is missing (only safetensors weights can be imported)") from None
         except (SafetensorError, OSError, ValueError) as e:
             raise HFFormatError(f"{folder / shard} cannot be read: {e}") from None
-    return from_hf_state_dict(hf_state, config), config, tokenizer
+    try:
+        return from_hf_state_dict(hf_state, config), config, tokenizer
+    except RuntimeError as e:  # a tensor whose shape does not fit config.json
+        raise HFFormatError(f"the weights in {folder} do not fit its config.json: {e}") from None

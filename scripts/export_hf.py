@@ -52,28 +52,32 @@ if args.step is not None and args.step < 0:
 setup_logging("WARNING")
 
 
-def model_card(meta: dict, config: dict, n_params: int) -> str:
+def model_card(meta: dict, config: dict, n_params: int, name: str) -> str:
     """README.md for the Hub: what the model is, how to load it, and the report card's numbers."""
     model_tag, stage, step = meta["model_tag"], meta["stage"], meta["step"]
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- nanochat", "---", "",
         f"# nanochat {model_tag} ({stage}, step {step})", "",
-        f"A {n_params / 1e6:,.1f}M-parameter chat model trained with nanochat: {config['n_layer']} layers, "
-        f"width {config['n_embd']}, {config['n_head']} query heads and {config['n_kv_head']} key/value heads, "
-        f"context {config['sequence_len']}, vocabulary {config['vocab_size']:,}. Stock `transformers` (>= 5) "
-        "loads it as `NanoChatForCausalLM`; the chat template is nanochat's.", "",
+        f"A {n_params / 1e6:,.1f}M-parameter {'base' if stage == 'base' else 'chat'} model trained with nanochat: "
+        f"{config['n_layer']} layers, width {config['n_embd']}, {config['n_head']} query heads and "
+        f"{config['n_kv_head']} key/value heads, context {config['sequence_len']}, vocabulary {config['vocab_size']:,}. "
+        "Stock `transformers` (>= 5) loads it as `NanoChatForCausalLM`, no custom code; the tokenizer carries "
+        "nanochat's chat template.", "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "tok = AutoTokenizer.from_pretrained(PATH)",
-        "model = AutoModelForCausalLM.from_pretrained(PATH)",
-        'ids = tok.apply_chat_template([{"role": "user", "content": "Why is the sky blue?"}],',
-        '                              add_generation_prompt=True, return_tensors="pt", return_dict=True)',
+        f'path = "{name}"  # this folder, or its repo id on the Hub',
+        "tok = AutoTokenizer.from_pretrained(path)",
+        "model = AutoModelForCausalLM.from_pretrained(path)",
+        *(['ids = tok("The capital of France is", return_tensors="pt")'] if stage == "base" else [
+            'ids = tok.apply_chat_template([{"role": "user", "content": "Why is the sky blue?"}],',
+            '                              add_generation_prompt=True, return_tensors="pt", return_dict=True)']),
         "out = model.generate(**ids, max_new_tokens=128, do_sample=False)",
         'print(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))',
         "```", "",
-        "The model was trained to call a calculator between `<|python_start|>` and `<|python_end|>`; "
-        "plain `generate` does not run it.", "",
     ]
+    if stage != "base":
+        lines += ["The model was taught to call a calculator between `<|python_start|>` and `<|python_end|>`; "
+                  "plain `generate` does not run it.", ""]
     report = get_base_dir() / "report" / "report.md"
     summary = _summary_section(report.read_text(encoding="utf-8")) if report.is_file() else None
     if summary:
@@ -111,7 +115,7 @@ if args.out is not None:
         sys.exit(f"export_hf: {e} (pick another with -i/-g/-s)")
     model_tag = args.model_tag or find_model_tag(stage_dir(args.source))
     card = model_card({"model_tag": model_tag, "stage": args.source, "step": meta["step"]},
-                      meta["model_config"], model.num_scaling_params())
+                      meta["model_config"], model.num_scaling_params(), Path(args.out).name)
     try:
         out = save_hf(args.out, model.state_dict(), model.config, tokenizer, dtype=args.dtype, readme=card)
     except (HFFormatError, OSError) as e:

@@ -15,7 +15,7 @@ import torch
 from conftest import make_docs, run_script
 from nanochat.checkpoint_manager import build_model, save_checkpoint
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.hf_format import hf_tokenizer
+from nanochat.hf_format import hf_tokenizer, save_hf
 from nanochat.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers", minversion="5.0")
@@ -131,6 +131,18 @@ def test_logits_match(exported):
         theirs = exported["hf_model"](ids).logits  # (3, 48, V)
     assert ours.std() > 1.0  # the weights are not the degenerate initial ones
     assert torch.allclose(ours, theirs, atol=1e-4, rtol=0), (ours - theirs).abs().max()
+
+
+def test_bfloat16_export(exported, tmp_path):
+    model, tok = exported["model"], exported["tokenizer"]
+    out = save_hf(tmp_path / "bf16", model.state_dict(), model.config, tok, dtype="bfloat16")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    assert hf_model.dtype == torch.bfloat16
+    ids = torch.randint(0, tok.vocab_size, (1, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = model(ids)  # our own bf16 inference: float32 weights, bf16 matmuls
+    theirs = hf_model(ids).logits.float()
+    assert (ours - theirs).abs().max() < 0.1 * ours.abs().max()  # rounding, not a wrong weight
 
 
 def test_greedy_generation_matches(exported):
