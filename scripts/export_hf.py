@@ -17,7 +17,6 @@ chat_web and chat_eval load it like any trained model.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

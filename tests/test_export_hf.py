@@ -11,11 +11,12 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from conftest import make_docs, run_script
 from nanochat.checkpoint_manager import build_model, save_checkpoint
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.hf_format import hf_tokenizer, save_hf
+from nanochat.hf_format import HFFormatError, hf_tokenizer, load_hf, save_hf
 from nanochat.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers", minversion="5.0")
@@ -212,3 +213,26 @@ def test_import_round_trip(exported, tmp_path):
     message = run_in_process("scripts.export_hf", "--import", str(exported["out"]), base=other)
     assert isinstance(message, str) and "holds a different tokenizer" in message
     assert not (other / "sft_checkpoints").exists()
+
+
+def test_import_cuts_a_padded_vocabulary(exported, tmp_path):
+    """Checkpoints converted elsewhere may pad the embedding past the tokenizer for matmul-friendly
+    shapes: the padded rows are dropped. A model we cannot represent is refused by name."""
+    padded = tmp_path / "padded"
+    shutil.copytree(exported["out"], padded)
+    weights = load_file(padded / "model.safetensors")
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        weights[name] = torch.cat([weights[name], torch.randn(12, weights[name].size(1))])
+    save_file(weights, padded / "model.safetensors")
+    config = json.loads((padded / "config.json").read_text())
+    config["vocab_size"] += 12
+    (padded / "config.json").write_text(json.dumps(config))
+    state, gpt_config, _ = load_hf(padded)
+    assert gpt_config == exported["model"].config
+    ours = exported["model"].state_dict()
+    assert all(torch.equal(tensor, ours[name]) for name, tensor in state.items())
+
+    config["hidden_act"] = "silu"
+    (padded / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HFFormatError, match="hidden_act='silu'"):
+        load_hf(padded)
