@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import Tokenizer as HFTokenizer
 
 from nanochat.gpt import LOGIT_SOFTCAP, ROTARY_BASE, GPTConfig
 from nanochat.tokenizer import SPECIAL_TOKENS, Tokenizer
@@ -183,16 +185,13 @@ def _byte_to_unicode() -> dict[int, str]:
     return table
 
 
-def hf_tokenizer(tokenizer: Tokenizer):
+def hf_tokenizer(tokenizer: Tokenizer) -> HFTokenizer:
     """A `tokenizers.Tokenizer` that encodes every text to the same ids as ours.
 
     Vocabulary: our ranks as ids. Merges: every split of every token into two tokens, ordered by
     the merged token's rank, so that BPE merging the best-ranked pair reproduces tiktoken's
     lowest-rank-first merging; `ignore_merges` makes a whole pre-token found in the vocabulary one
     token, as tiktoken does. Pre-tokenizer: our split regex, then bytes -> the byte-level alphabet."""
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
-    from tokenizers import Tokenizer as HFTokenizer
-
     to_char = _byte_to_unicode()
     n_ordinary = tokenizer.vocab_size - len(SPECIAL_TOKENS)
     token_bytes = [tokenizer.id_to_token(i) for i in range(n_ordinary)]
@@ -249,7 +248,7 @@ def tokenizer_from_hf(path: str | os.PathLike) -> Tokenizer:
     n = len(ranks)
     expected = {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}
     if any(added.get(name) != i for name, i in expected.items()):
-        raise HFFormatError(f"{path} does not have nanochat's special tokens {SPECIAL_TOKENS} at ids {n}..{n + 8}")
+        raise HFFormatError(f"{path} does not have nanochat's special tokens {SPECIAL_TOKENS} at ids {n}..{n + len(SPECIAL_TOKENS) - 1}")
     try:
         return Tokenizer.from_ranks(ranks, pattern)
     except Exception as e:  # tiktoken rejects a pattern it cannot compile, ranks with holes, ...
