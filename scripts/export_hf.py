@@ -16,7 +16,6 @@ different tokenizer is refused (set NANOCHAT_BASE_DIR to a fresh folder). Afterw
 chat_web and chat_eval load it like any trained model.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,20 +23,19 @@ import torch
 
 from nanochat.checkpoint_manager import (CheckpointError, committed_steps, find_model_tag, load_model,
                                          save_checkpoint, stage_dir)
-from nanochat.common import get_base_dir, print0, setup_logging
+from nanochat.common import ScriptParser, get_base_dir, print0, setup_logging
 from nanochat.gpt import GPT
 from nanochat.hf_format import DTYPES, HFFormatError, load_hf, save_hf
 from nanochat.tokenizer import SPECIAL_TOKENS, Tokenizer, TokenizerError, get_tokenizer_dir
 
 # -------------------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description="Export a checkpoint to the Hugging Face format, or import one.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+parser = ScriptParser(__file__, "Export a checkpoint to the Hugging Face format, or import one.")
 parser.add_argument("-i", "--source", default="sft", choices=["base", "mid", "sft", "rl"],
                     help="stage to export from (with --import: the stage to import into)")
 parser.add_argument("-g", "--model-tag", default=None,
-                    help="model tag, e.g. d20 (export: default the deepest; import: default d<layers>)")
+                    help="model tag, e.g. d20 (when omitted: the deepest on export, d<layers> on import)")
 parser.add_argument("-s", "--step", type=int, default=None,
-                    help="checkpoint step (export: default the last; import: default 0)")
+                    help="checkpoint step (when omitted: the last on export, 0 on import)")
 parser.add_argument("-o", "--out", default=None, help="export: the folder to write (replaced if it is an earlier export)")
 parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
                     help="export: weight dtype (float32 is exact; bfloat16 halves the size)")
