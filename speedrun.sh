@@ -100,7 +100,7 @@ if [ ! -f "$STATE/report_started" ] || [ "${FORCE:-0}" = "1" ]; then
     $PY -m nanochat.report reset
     touch "$STATE/report_started"
 fi
-stage data          $PY -m nanochat.dataset -n $NUM_SHARDS --source $DATA_SOURCE
+stage data          $PY -m nanochat.data -n $NUM_SHARDS --source $DATA_SOURCE
 stage identity      $PY -m dev.gen_identity
 stage tok_train     $PY -m scripts.tok_train --vocab-size=$VOCAB --max-chars=$TOK_CHARS --source=$DATA_SOURCE
 stage tok_eval      $PY -m scripts.tok_eval

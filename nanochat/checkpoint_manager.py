@@ -14,7 +14,6 @@ reads and names the file when something is wrong.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from nanochat.common import get_base_dir
+from nanochat.common import get_base_dir, sha256_file
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import Tokenizer, get_tokenizer
 
@@ -49,14 +48,6 @@ def stage_dir(stage: str) -> Path:
 
 def step_dir(checkpoint_dir: str | os.PathLike, step: int) -> Path:
     return Path(checkpoint_dir) / f"step_{step:06d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -110,7 +101,7 @@ def save_checkpoint(checkpoint_dir: str | os.PathLike, step: int, model: torch.n
     _write_json(tmp / f"rank{rank}.json", {"optimizers": opt_meta, "rank_state": rank_state or {}})
     _barrier()
     if rank == 0:
-        files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         _write_json(tmp / "meta.json", {"format": FORMAT, "step": step, "world_size": world_size, **meta, "files": files})
         # commit: swap the directory into place (an older save of the same step is replaced)
         old = final.with_name(final.name + ".old")
@@ -161,7 +152,7 @@ def _load_verified(path: Path, meta: dict) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is missing")
     if path.stat().st_size != info["bytes"]:
         raise CheckpointError(f"{path} is truncated or changed ({path.stat().st_size} bytes, expected {info['bytes']})")
-    if _sha256(path) != info["sha256"]:
+    if sha256_file(path) != info["sha256"]:
         raise CheckpointError(f"{path} is corrupt (checksum mismatch)")
     try:
         return load_file(path)

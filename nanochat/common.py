@@ -3,10 +3,15 @@ logging set-up (called by entry scripts, never at import) and device detection."
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 logger = logging.getLogger("nanochat")
 
@@ -17,6 +22,52 @@ def get_base_dir() -> Path:
     path = Path(base)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file next to `path` for writing; on success it is fsynced and renamed over
+    `path`, on error removed. Readers see the old file or the whole new one, never half of one.
+
+        with atomic_write(path) as f:
+            json.dump(meta, f)
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": "\n"} if mode == "w" else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_lock(path: str | os.PathLike):
+    """A FileLock (processes, ranks and threads) guarding `path`.
+
+    The lock file lives in <base>/.locks/, not next to `path`: data directories stay free of
+    `.lock` files, which filelock never deletes (deleting a lock file others may hold is a race)."""
+    from filelock import FileLock
+
+    path = Path(path).absolute()
+    locks = get_base_dir() / ".locks"
+    locks.mkdir(exist_ok=True)
+    key = hashlib.sha1(str(path).encode()).hexdigest()[:16]
+    return FileLock(str(locks / f"{path.name}-{key}.lock"))
 
 
 def get_rank() -> int:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nanochat.common import get_base_dir, get_rank
+from nanochat.common import atomic_write, get_base_dir, get_rank
 
 # the order sections appear in; unknown sections follow alphabetically
 SECTION_ORDER = ["tokenizer-training", "tokenizer-evaluation", "base-model-training", "base-model-loss",
@@ -59,13 +59,11 @@ def log_section(title: str, items: list[str | dict], metrics: dict[str, float] |
             lines.append(str(item))
         lines.append("")
     path = report_dir() / f"{_slug(title)}.md"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write("\n".join(lines) + "\n")
     if metrics is not None:
-        mpath = path.with_suffix(".json")
-        mpath.with_suffix(".tmp").write_text(json.dumps(metrics))
-        os.replace(mpath.with_suffix(".tmp"), mpath)
+        with atomic_write(path.with_suffix(".json")) as f:
+            json.dump(metrics, f)
     return path
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from nanochat.common import get_base_dir
+from nanochat.common import atomic_write, get_base_dir
 
-# The special tokens, in this order, take the last ids of the vocabulary (SPEC §3).
+# The special tokens, in this order, take the last ids of the vocabulary: the BPE merges own 0..n-1,
+# so a tokenizer trained with a larger vocabulary keeps the same special-token order.
 SPECIAL_TOKENS = [
     "<|bos|>",  # starts every document
     "<|user_start|>",
@@ -169,13 +170,13 @@ class Tokenizer:
             "vocab_size": self.vocab_size,
             "ranks_sha256": hashlib.sha256(ranks_text).hexdigest(),
         }
-        _atomic_write(directory / RANKS_FILE, ranks_text)
-        tb_tmp = directory / (TOKEN_BYTES_FILE + ".tmp")
-        with open(tb_tmp, "wb") as f:
+        with atomic_write(directory / RANKS_FILE, "wb") as f:
+            f.write(ranks_text)
+        with atomic_write(directory / TOKEN_BYTES_FILE, "wb") as f:
             np.save(f, self.token_bytes(), allow_pickle=False)
-        os.replace(tb_tmp, directory / TOKEN_BYTES_FILE)
         # the metadata goes last: a directory with a tokenizer.json is complete
-        _atomic_write(directory / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        with atomic_write(directory / META_FILE) as f:
+            f.write(json.dumps(meta, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -319,15 +320,6 @@ def _validated_messages(conversation) -> list[dict]:
         elif not isinstance(content, str):
             raise ValueError(f"message {i}: assistant content must be a str or a list of parts")
     return messages
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def get_tokenizer_dir() -> Path:

@@ -13,7 +13,8 @@ import argparse
 import time
 
 from nanochat.common import print0, setup_logging
-from nanochat.dataset import heldout_texts, parquets_iter_batched
+from nanochat.data.corpus import heldout_texts
+from nanochat.data.shards import parquets_iter_batched
 from nanochat.report import log_section
 from nanochat.tokenizer import SPECIAL_TOKENS, get_tokenizer, iter_texts
 

@@ -13,10 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nanochat import dataset
-from nanochat.dataset import (DatasetError, build_offline_corpus, download_shard, ensure_pretraining_data,
-                              list_parquet_files, parquets_iter_batched, shard_name)
-from nanochat.download import DownloadError, download_file
+from nanochat.data import pretraining
+from nanochat.data.corpus import build_offline_corpus, heldout_texts
+from nanochat.data.download import DownloadError, download_file
+from nanochat.data.pretraining import ensure_pretraining_data
+from nanochat.data.shards import (DatasetError, data_dir, download_shard, list_parquet_files, parquets_iter_batched,
+                                  shard_name)
 
 
 def parquet_bytes(texts, row_group_size=8):
@@ -246,7 +248,7 @@ def _b64(n):
 
 
 def make_trees(root):
-    """Tiny trees with the layouts the real packages have (see the readers in nanochat.dataset)."""
+    """Tiny trees with the layouts the real packages have (see the readers in nanochat.data.corpus)."""
     trees = {}
     # gcide: a dictd database (gzip data + base64 index)
     entries = [f"Word{i} \\Word\"{i}\\, n. [L. verbum.]\n   A {{thing}} of note number {i}; as, the fox[=a]. {LOREM}\n"
@@ -333,7 +335,7 @@ def read_all(directory):
 def test_offline_build_on_fake_trees(tmp_path, base):
     trees = make_trees(tmp_path / "trees")
     manifest = build_offline_corpus(roots=trees, shard_chars=4000, max_doc_chars=3000)
-    out = dataset.data_dir()
+    out = data_dir()
     shards = read_all(out)
     assert len(shards) == manifest["totals"]["shards"] >= 3
     for path in list_parquet_files(out):
@@ -363,7 +365,7 @@ def test_offline_build_on_fake_trees(tmp_path, base):
     assert "Questo è il documento" in (out / held["non_english"]["path"]).read_text()
     assert "def wrap" in (out / held["code"]["path"]).read_text()
     assert "missing" in held["math"]  # no python-docs library/math.rst in the fake tree
-    assert sorted(dataset.heldout_texts()) == ["code", "english", "non_english"]
+    assert sorted(heldout_texts()) == ["code", "english", "non_english"]
     assert "HOWTO do kernel work" not in text and "Questo è" not in text and "def wrap" not in text
 
     # a rerun is served by the finished build; a fresh build with the same seed is identical
@@ -389,7 +391,7 @@ def test_auto_falls_back_to_offline_when_online_is_unreachable(tmp_path, base, c
     monkeypatch.setenv("NANOCHAT_DATA_URL", "http://127.0.0.1:9")  # discard port: nothing listens
     trees = make_trees(tmp_path / "trees")
     paths = ensure_pretraining_data(4, "auto", roots=trees)
-    assert len(paths) >= 2 and (dataset.data_dir() / "manifest.json").exists()
+    assert len(paths) >= 2 and (data_dir() / "manifest.json").exists()
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pretraining data:")]
     assert len(lines) == 1 and "offline corpus" in lines[0] and "unreachable" in lines[0]
     with pytest.raises(DatasetError, match="offline corpus"):
@@ -416,11 +418,11 @@ def test_offline_refuses_to_mix_with_downloaded_shards(server, tmp_path, base):
 ])
 def test_cli_rejects_bad_input(argv, message, base, capsys):
     with pytest.raises(SystemExit) as exc:
-        dataset.main(argv)
+        pretraining.main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_cli_reports_download_failure_in_one_line(base, capsys):
-    assert dataset.main(["-n", "1", "--source", "online", "--base-url", "http://127.0.0.1:9"]) == 1
+    assert pretraining.main(["-n", "1", "--source", "online", "--base-url", "http://127.0.0.1:9"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "127.0.0.1:9" in err

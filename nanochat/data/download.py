@@ -1,9 +1,9 @@
 """The one way nanochat fetches a file over HTTP(S): locked, retried, resumable, verified, atomic.
 
-    from nanochat.download import download_file
+    from nanochat.data.download import download_file
     download_file(url, dest, expected_size=None, sha256=None, verify=check_fn)
 
-- A file lock (`<dest>.lock`) makes concurrent callers (ranks, processes, threads) download once;
+- A file lock (kept in <base>/.locks/, not beside dest) makes concurrent callers (ranks, processes, threads) download once;
   the others wait and then find the finished file.
 - Bytes stream into `<dest>.part`; only a verified file is renamed to `dest`, so a broken file is
   never left under the final name. A partial `.part` is kept and resumed with an HTTP Range
@@ -20,7 +20,6 @@ Only the standard library does the HTTP (urllib), so this adds no dependency.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -31,7 +30,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
+from nanochat.common import file_lock, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +45,6 @@ class DownloadError(RuntimeError):
 
 class _Retry(Exception):
     """This attempt failed in a way another attempt may fix."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _problem(path: Path, expected_size: int | None, sha256: str | None,
@@ -142,7 +133,7 @@ def download_file(url: str, dest: str | os.PathLike, *, expected_size: int | Non
         return dest  # fast path without touching the lock
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    with FileLock(str(dest.with_name(dest.name + ".lock"))):
+    with file_lock(dest):
         if dest.exists():
             why = _problem(dest, expected_size, sha256, verify)
             if why is None:
