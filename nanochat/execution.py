@@ -5,8 +5,9 @@
 
 What every run gets, on any Linux:
 - a fresh `python -I -S` process of the base interpreter (isolated mode: no PYTHON* variables, no
-  cwd on sys.path; no site-packages: the standard library only) in its own session and process group; at the wall-clock deadline, and as soon as the program
-  itself exits, the whole group is killed with SIGKILL (background children and grandchildren too);
+  cwd on sys.path; no site-packages: the standard library only) in its own session and process
+  group; at the wall-clock deadline, and as soon as the program itself exits, it and everything
+  it started are killed with SIGKILL (background children and grandchildren too);
 - rlimits: CPU seconds (deadline + 1), address space (`max_memory_bytes`), size of any file it
   writes (MAX_FILE_BYTES), open files (MAX_OPEN_FILES), no core dumps;
 - a fresh temporary working directory (also its HOME and TMPDIR), removed afterwards;
