@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nanochat.data import pretraining
+from nanochat.data import pretraining, shards
 from nanochat.data.corpus import build_offline_corpus, heldout_texts
 from nanochat.data.download import DownloadError, download_file
 from nanochat.data.pretraining import ensure_pretraining_data
@@ -33,7 +33,8 @@ SHARD0 = parquet_bytes([f"document {i} " + "lorem ipsum " * (i % 7 + 1) for i in
 class ShardServer:
     """Serves `files` over HTTP on 127.0.0.1, honouring Range; `plan[path]` lists what the next
     requests for that path do instead of behaving: "500", "drop:N" (send N bytes, then close),
-    "lie" (claim 100 more bytes than sent), "norange" (ignore Range, send 200), "slow:S" (stall S s)."""
+    "lie" (claim 100 more bytes than sent), "norange" (ignore Range, send 200), "slow:S" (stall S s),
+    "trickle" (one byte every 0.5 s, at most 8, then close)."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
@@ -70,7 +71,13 @@ class ShardServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.send_header("Content-Length", str(len(body) + (100 if action == "lie" else 0)))
                 self.end_headers()
-                self.wfile.write(body[:int(action[5:])] if action.startswith("drop:") else body)
+                if action == "trickle":
+                    for i in range(min(8, len(body))):
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(0.5)
+                else:
+                    self.wfile.write(body[:int(action[5:])] if action.startswith("drop:") else body)
                 self.close_connection = True
 
         class Server(ThreadingHTTPServer):
@@ -96,10 +103,12 @@ def server():
     srv.httpd.server_close()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def base(tmp_path, monkeypatch):
+    """Every test gets its own base dir (lock files live there) and a fast probe backoff."""
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path / "base"))
     monkeypatch.delenv("NANOCHAT_DATA_URL", raising=False)
+    monkeypatch.setattr(shards, "PROBE_BACKOFF_S", 0.01)
     return tmp_path / "base"
 
 
@@ -216,10 +225,11 @@ def test_ensure_online_then_cache_and_iterate(server, base, capsys, monkeypatch)
     paths = ensure_pretraining_data(2, "auto", workers=2)
     assert [p.name for p in paths] == [shard_name(0), shard_name(1)]
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pretraining data:")]
-    assert len(lines) == 1 and server.url in lines[0]
+    assert len(lines) == 1 and server.url in lines[0] and "chosen because 2 of them were not cached" in lines[0]
+    assert not [p for p in base.rglob("*") if p.name.endswith(".lock") and ".locks" not in p.parts]
     ensure_pretraining_data(2)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pretraining data:")]
-    assert len(lines) == 1 and "from cache" in lines[0]
+    assert len(lines) == 1 and "from the cache" in lines[0] and "chosen because all 2 asked for are there" in lines[0]
 
     val = [d for batch in parquets_iter_batched("val") for d in batch]
     assert val == [f"val doc {i}" for i in range(20)]
@@ -393,10 +403,42 @@ def test_auto_falls_back_to_offline_when_online_is_unreachable(tmp_path, base, c
     paths = ensure_pretraining_data(4, "auto", roots=trees)
     assert len(paths) >= 2 and (data_dir() / "manifest.json").exists()
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pretraining data:")]
-    assert len(lines) == 1 and "offline corpus" in lines[0] and "unreachable" in lines[0]
+    assert len(lines) == 1 and "offline corpus" in lines[0] and "online source is unavailable" in lines[0]
+    assert "4 attempts failed" in lines[0] and "--source auto" in lines[0]
+    assert not list(data_dir().glob("*.lock"))
     with pytest.raises(DatasetError, match="offline corpus"):
         ensure_pretraining_data(4, "online")
     assert ensure_pretraining_data(4, "offline") == paths
+
+
+@pytest.mark.parametrize("source", ["online", "auto"])
+def test_probe_retries_a_mirror_that_fails_three_times(server, base, capsys, monkeypatch, source):
+    server.files["/" + shard_name(1)] = parquet_bytes(["val"] * 4)
+    server.plan[P0] = ["500"] * 3
+    monkeypatch.setenv("NANOCHAT_DATA_URL", server.url)
+    paths = ensure_pretraining_data(2, source)
+    assert [p.read_bytes() for p in paths][0] == SHARD0
+    assert [a for _, _, a in server.requests(P0)] == ["500", "500", "500", "ok", "ok"]  # 4 probes, 1 download
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("pretraining data: 2 online shards from " + server.url)
+
+
+def test_probe_gives_a_short_reason(server):
+    server.plan[P0] = ["500"] * 5
+    assert shards.probe_online(server.url, backoff=0.01) == f"{server.url}: 4 attempts failed, the last with " \
+                                                               "HTTP 500 Internal Server Error"
+    assert shards.probe_online(server.url + "/missing", backoff=0.01).endswith("HTTP 404 Not Found")
+
+
+def test_trickling_server_is_given_up_on_then_resumed(server, tmp_path):
+    server.plan[P0] = ["trickle", "trickle"]
+    with pytest.raises(DownloadError, match="too slow"):
+        download_file(server.url + P0, tmp_path / "x.parquet", retries=0, min_rate=100, rate_window=1.0, **FAST)
+    # the next attempt resumes after the trickled bytes and completes the file
+    path = download_file(server.url + P0, tmp_path / "y.parquet", retries=1, min_rate=100, rate_window=1.0, **FAST)
+    assert path.read_bytes() == SHARD0
+    ranges = [r for _, r, _ in server.requests(P0)]
+    assert ranges[-1] is not None and ranges[-1].startswith("bytes=")
 
 
 def test_offline_refuses_to_mix_with_downloaded_shards(server, tmp_path, base):

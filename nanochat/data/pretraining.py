@@ -35,7 +35,7 @@ def ensure_pretraining_data(num_shards: int = -1, source: str = "auto", *, base_
 
     num_shards: the first N online shards (-1 = all 1823); the offline corpus is always built whole.
     source: "auto" = local cache, else online, else (online unreachable) offline; "online" and
-    "offline" force one. Prints exactly one line saying which source served."""
+    "offline" force one. Prints exactly one line saying which source served and why."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     if num_shards != -1 and not 1 <= num_shards <= NUM_ONLINE_SHARDS:
@@ -48,24 +48,29 @@ def ensure_pretraining_data(num_shards: int = -1, source: str = "auto", *, base_
                                "elsewhere) to download online shards")
         paths = list_parquet_files(directory)
         short = f" (asked for {num_shards}; it has no more)" if len(paths) < num_shards else ""
-        print0(f"pretraining data: offline corpus from cache, {len(paths)} shards{short} in {directory}")
+        print0(f"pretraining data: the offline corpus, {len(paths)} shards{short} in {directory} -- chosen because "
+               f"it is already built there (--source {source})")
         return paths
 
     wanted = range(NUM_ONLINE_SHARDS if num_shards == -1 else num_shards)
     present = {int(SHARD_RE.fullmatch(p.name).group(1)) for p in list_parquet_files(directory)}
     missing = [i for i in wanted if i not in present]
     if source != "offline" and not missing:
-        print0(f"pretraining data: {len(wanted)} shards from cache in {directory}")
+        print0(f"pretraining data: {len(wanted)} online shards from the cache in {directory} -- chosen because "
+               f"all {len(wanted)} asked for are there (--source {source})")
         return list_parquet_files(directory)
 
-    why_offline = "forced by --source offline"
+    why_offline = "--source offline asks for it"
     if source != "offline":
-        # one quick request first: an unreachable host should not cost every shard its full retry budget
+        # one small request first (retried): an unreachable host should not cost every shard its
+        # full retry budget
         reason = probe_online(base_url, missing[0])
         if reason is None:
             download_shards(missing, base_url, workers)
-            print0(f"pretraining data: {len(wanted)} shards from {get_base_url(base_url)} "
-                   f"({len(missing)} downloaded) in {directory}")
+            print0(f"pretraining data: {len(wanted)} online shards from {get_base_url(base_url)} "
+                   f"({len(missing)} downloaded) in {directory} -- chosen because "
+                   + ("--source online asks for it" if source == "online" else
+                      f"{len(missing)} of them were not cached and the online source answered (--source auto)"))
             return list_parquet_files(directory)
         if source == "online":
             raise DatasetError(f"the online source is unavailable ({reason}); check the network, or point "
@@ -74,11 +79,11 @@ def ensure_pretraining_data(num_shards: int = -1, source: str = "auto", *, base_
             raise DatasetError(f"only {len(present)} of {len(wanted)} shards are here and the online source is "
                                f"unavailable ({reason}); retry with network, ask for fewer with -n, or move "
                                f"{directory} away to use the offline corpus")
-        why_offline = reason
+        why_offline = f"the online source is unavailable ({reason}) (--source auto)"
     manifest = build_offline_corpus(roots=roots)
     paths = list_parquet_files(directory)
-    print0(f"pretraining data: offline corpus ({why_offline}), {len(paths)} shards, "
-           f"{manifest['totals']['characters'] / 1e6:.1f}M chars in {directory}")
+    print0(f"pretraining data: the offline corpus, {len(paths)} shards, {manifest['totals']['characters'] / 1e6:.1f}M "
+           f"chars in {directory} -- chosen because {why_offline}")
     return paths
 
 

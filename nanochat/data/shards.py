@@ -19,12 +19,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from nanochat.common import get_base_dir
-from nanochat.data.download import DownloadError, download_file
+from nanochat.data.download import USER_AGENT, DownloadError, download_file, retrying
 
 DEFAULT_BASE_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 NUM_ONLINE_SHARDS = 1823  # shard_00000 .. shard_01822
 MAX_SHARD = NUM_ONLINE_SHARDS - 1
 PROBE_TIMEOUT_S = 5.0  # "is the online source there at all": short, so auto falls back quickly
+PROBE_RETRIES = 3  # attempts 2..4 wait 1, 2 and 4 s: a mirror that hiccups three times still serves
+PROBE_BACKOFF_S = 1.0
 
 SHARD_RE = re.compile(r"shard_(\d{5})\.parquet")
 ROW_GROUP_DOCS = 1024
@@ -122,16 +124,22 @@ def download_shards(indices: Iterable[int], base_url: str | None = None, workers
     return [directory / shard_name(i) for i in indices]
 
 
-def probe_online(base_url: str | None = None, index: int = 0, timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """None if the shard repository answers for shard `index`, else a short reason (for the log line)."""
-    req = urllib.request.Request(shard_url(index, base_url), headers={"Range": "bytes=0-0"})
-    try:
+def probe_online(base_url: str | None = None, index: int = 0, timeout: float = PROBE_TIMEOUT_S,
+                 retries: int | None = None, backoff: float | None = None) -> str | None:
+    """None if the shard repository answers for shard `index`, else a short reason (for the log line).
+
+    Retried like a download (a 5xx or a reset is often transient), with a smaller budget: an
+    unreachable host should not delay the offline fallback by minutes."""
+    url = shard_url(index, base_url)
+
+    def attempt() -> None:
+        req = urllib.request.Request(url, headers={"Range": "bytes=0-0", "User-Agent": USER_AGENT})
         with urllib.request.urlopen(req, timeout=timeout):
             return None
-    except urllib.error.HTTPError as e:
-        return f"HTTP {e.code} from {get_base_url(base_url)}"
-    except urllib.error.URLError as e:
-        return f"{get_base_url(base_url)} unreachable: {e.reason}"
-    except OSError as e:
-        return f"{get_base_url(base_url)} unreachable: {e}"
 
+    try:
+        retrying(attempt, url, retries=PROBE_RETRIES if retries is None else retries,
+                 backoff=PROBE_BACKOFF_S if backoff is None else backoff)
+    except DownloadError as e:
+        return f"{get_base_url(base_url)}: {e.reason}"
+    return None
