@@ -4,6 +4,7 @@ logging set-up (called by entry scripts, never at import) and device detection."
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -16,12 +17,40 @@ from typing import IO
 logger = logging.getLogger("nanochat")
 
 
+class SetupError(SystemExit):
+    """This machine is not set up for the step (an unusable base dir, no tokenizer). A SystemExit
+    whose message is one sentence saying what to do: an entry script ends with that sentence on
+    stderr and status 1, not with a traceback from deep inside."""
+
+
 def get_base_dir() -> Path:
-    """Root of every artifact: $NANOCHAT_BASE_DIR, default ~/.cache/nanochat. Created on demand."""
-    base = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
-    path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
+    """Root of every artifact: $NANOCHAT_BASE_DIR, default ~/.cache/nanochat. Created on demand;
+    SetupError if it cannot be created or written."""
+    env = os.environ.get("NANOCHAT_BASE_DIR")
+    path = Path(env or os.path.join(os.path.expanduser("~"), ".cache", "nanochat"))
+    what = f"NANOCHAT_BASE_DIR={env}" if env else f"the base dir {path} (NANOCHAT_BASE_DIR is not set)"
+    fix = "set NANOCHAT_BASE_DIR to a directory you can write (it is created if missing)"
+    if path.exists() and not path.is_dir():
+        raise SetupError(f"{what} is not a directory: {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SetupError(f"{what} cannot be created ({e.strerror}): {fix}") from None
+    if not _writable(str(path)):
+        raise SetupError(f"{what} is not writable: {fix}")
     return path
+
+
+@functools.lru_cache(maxsize=16)
+def _writable(directory: str) -> bool:
+    """Whether a file can be created in `directory` (os.access says yes to root on a read-only fs)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".nanochat-write-test-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from nanochat.common import atomic_write, get_base_dir
+from nanochat.common import SetupError, atomic_write, get_base_dir
 
 # The special tokens, in this order, take the last ids of the vocabulary: the BPE merges own 0..n-1,
 # so a tokenizer trained with a larger vocabulary keeps the same special-token order.
@@ -327,8 +327,14 @@ def get_tokenizer_dir() -> Path:
 
 
 def get_tokenizer() -> Tokenizer:
-    """The trained tokenizer of this base dir."""
-    return Tokenizer.load(get_tokenizer_dir())
+    """The trained tokenizer of this base dir; SetupError (one sentence, exit status 1) if there is none."""
+    directory = get_tokenizer_dir()
+    if not (directory / META_FILE).is_file():
+        where = (f"NANOCHAT_BASE_DIR={os.environ['NANOCHAT_BASE_DIR']}" if os.environ.get("NANOCHAT_BASE_DIR")
+                 else "NANOCHAT_BASE_DIR is not set")
+        raise SetupError(f"no tokenizer in {directory} ({where}): train one with `python -m scripts.tok_train`, "
+                         "or set NANOCHAT_BASE_DIR to the base directory that holds tokenizer/")
+    return Tokenizer.load(directory)
 
 
 def get_token_bytes(device="cpu"):
