@@ -108,12 +108,12 @@ stage base_train    $LAUNCH scripts.base_train $BASE_ARGS --run=$WANDB_RUN --res
 stage base_loss     $LAUNCH scripts.base_loss --device-batch-size=$DEVICE_BATCH_SIZE --eval-tokens=${EVAL_TOKENS:-10485760}
 stage base_eval     $LAUNCH scripts.base_eval $BASE_EVAL_ARGS
 stage mid_train     $LAUNCH scripts.mid_train $MID_ARGS --run=$WANDB_RUN --resume
-stage mid_eval      $LAUNCH scripts.chat_eval -i mid $CHAT_EVAL_ARGS
+stage mid_eval      $LAUNCH scripts.chat_eval -i mid --report $CHAT_EVAL_ARGS
 stage sft_train     $LAUNCH scripts.chat_sft $SFT_ARGS --run=$WANDB_RUN
-stage sft_eval      $LAUNCH scripts.chat_eval -i sft $CHAT_EVAL_ARGS
+stage sft_eval      $LAUNCH scripts.chat_eval -i sft --report $CHAT_EVAL_ARGS
 if [ "${RUN_RL:-0}" = "1" ]; then
     stage rl_train  $LAUNCH scripts.chat_rl $RL_ARGS --run=$WANDB_RUN
-    stage rl_eval   $LAUNCH scripts.chat_eval -i rl -a GSM8K $CHAT_EVAL_ARGS
+    stage rl_eval   $LAUNCH scripts.chat_eval -i rl -a GSM8K --report $CHAT_EVAL_ARGS
 fi
 $PY -m nanochat.report generate --out "${REPORT_PATH:-report.md}"
 

@@ -15,7 +15,6 @@ import json
 import time
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,8 +159,8 @@ def plot_history(history_path: Path, out: Path, title: str) -> Path | None:
 
 
 def generate(copy_to: str | os.PathLike | None = "report.md") -> Path:
-    """Join the header, a summary table and every section into report.md (and copy it to `copy_to`,
-    with the plots beside it)."""
+    """Join the header, a summary table and every section into <base>/report/report.md, the plots
+    beside it, and write a copy to `copy_to` whose images point at those plots."""
     d = report_dir()
     sections = {p.stem: p for p in d.glob("*.md") if p.name not in ("report.md", "header.md")}
     order = [s for s in SECTION_ORDER if s in sections] + sorted(s for s in sections if s not in SECTION_ORDER)
@@ -184,11 +183,16 @@ def generate(copy_to: str | os.PathLike | None = "report.md") -> Path:
         parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     parts += [sections[s].read_text() for s in order]
     out = d / "report.md"
-    out.write_text("\n".join(parts))
+    with atomic_write(out) as f:
+        f.write("\n".join(parts))
     if copy_to is not None:
-        shutil.copyfile(out, copy_to)
+        # the copy (by default ./report.md in the checkout) is the only file written outside the base
+        # dir: its images point at the plots where they are, under <base>/report/
+        text = "\n".join(parts)
         for png in plots:
-            shutil.copyfile(png, Path(copy_to).parent / png.name)
+            text = text.replace(f"![{png.stem}]({png.name})", f"![{png.stem}]({png.resolve()})")
+        with atomic_write(copy_to) as f:
+            f.write(text)
     return out
 
 
@@ -203,7 +207,7 @@ def reset() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="nanochat report card")
     parser.add_argument("command", choices=["reset", "generate"], help="reset: clear sections; generate: write report.md")
-    parser.add_argument("--out", default="report.md", help="where generate copies report.md (and its plots)")
+    parser.add_argument("--out", default="report.md", help="where generate copies report.md (the plots stay in the base dir)")
     args = parser.parse_args()
     if args.command == "reset":
         reset()
