@@ -11,6 +11,7 @@ The chat template lives in exactly one place: `render_conversation` below.
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import json
 import os
@@ -273,15 +274,22 @@ class Tokenizer:
         return ids
 
     def visualize_tokenization(self, ids: list[int], mask: list[int] | None = None) -> str:
-        """Tokens separated by '|', green where mask is 1 and red where 0 (ANSI), for debugging."""
+        """Tokens separated by '|', green where mask is 1 and red where 0 (ANSI), for debugging.
+
+        A token that ends inside a multi-byte character is joined with the tokens that complete it
+        (one span, coloured by its first token), so "naïve" in byte tokens shows as n|a|ï|v|e, not
+        as n|a|\ufffd|\ufffd|v|e; bytes that are not UTF-8 at all still show as \ufffd."""
         green, red, reset = "\033[92m", "\033[91m", "\033[0m"
-        out = []
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        out, span, first = [], "", 0
         for i, tok in enumerate(ids):
-            text = self.enc.decode_single_token_bytes(tok).decode("utf-8", errors="replace")
-            if mask is None:
-                out.append(text)
-            else:
-                out.append((green if mask[i] else red) + text + reset)
+            if not span:
+                first = i
+            span += decoder.decode(self.enc.decode_single_token_bytes(tok), final=i == len(ids) - 1)
+            if decoder.getstate()[0]:
+                continue  # the token ended mid-character: the next one completes it
+            out.append(span if mask is None else (green if mask[first] else red) + span + reset)
+            span = ""
         return "|".join(out)
 
 
