@@ -225,7 +225,8 @@ def cpu_matmul_peaks() -> dict[str, float]:
     except (OSError, ValueError, KeyError):
         pass
     flops = {"float32": _measure_matmul_flops(torch.float32), "bfloat16": _measure_matmul_flops(torch.bfloat16)}
-    path.write_text(json.dumps({"key": key, "flops": flops}, indent=2))
+    with atomic_write(path) as f:  # ranks measuring at once must not read each other's half-written file
+        json.dump({"key": key, "flops": flops}, f, indent=2)
     return flops
 
 
