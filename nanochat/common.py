@@ -88,13 +88,16 @@ def sha256_file(path: str | os.PathLike) -> str:
 def file_lock(path: str | os.PathLike):
     """A FileLock (processes, ranks and threads) guarding `path`.
 
-    The lock file lives in <base>/.locks/, not next to `path`: data directories stay free of
-    `.lock` files, which filelock never deletes (deleting a lock file others may hold is a race)."""
+    The lock file lives in <base>/.locks/ (for a path outside the base dir: in .locks/ beside it),
+    not next to `path`: data directories stay free of `.lock` files, which filelock never deletes
+    (deleting a lock file others may hold is a race)."""
     from filelock import FileLock
 
     path = Path(path).absolute()
-    locks = get_base_dir() / ".locks"
-    locks.mkdir(exist_ok=True)
+    env = os.environ.get("NANOCHAT_BASE_DIR")
+    base = Path(env or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")).absolute()
+    locks = (get_base_dir() if path.is_relative_to(base) else path.parent) / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha1(str(path).encode()).hexdigest()[:16]
     return FileLock(str(locks / f"{path.name}-{key}.lock"))
 
