@@ -83,7 +83,11 @@ for which, soft, hard in limits:
 
 def descendants():
     children = {}
-    for name in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []  # no procfs (not Linux): only the process group kill remains
+    for name in filter(str.isdigit, names):
         try:
             with open("/proc/%%s/stat" %% name, "rb") as f:
                 ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
@@ -99,7 +103,10 @@ def descendants():
 
 if supervise:
     import ctypes
-    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us, not to init
+    try:
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us, not to init
+    except (AttributeError, OSError):
+        pass  # not Linux
     child = os.fork()
     if child:
         status = os.waitpid(child, 0)[1]
