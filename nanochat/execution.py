@@ -70,7 +70,7 @@ MEMORY_EXIT_CODE = 86  # the bootstrap's exit status after a MemoryError
 # Runs inside the sandbox before the program: limits, then the program as __main__. With supervise=1
 # it forks first; the parent adopts orphans (child subreaper) and kills them when the program ends.
 _BOOTSTRAP = """
-import os, resource, runpy, signal, sys
+import os, resource, runpy, signal, sys, time
 cpu, mem, fsize, nofile, nproc, supervise = (int(a) for a in sys.argv[1:7])
 path = sys.argv[7]
 limits = [(resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, mem, mem),
@@ -119,8 +119,9 @@ if supervise:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-            try:
-                while os.waitpid(-1, 0):
+            time.sleep(0.01)
+            try:  # reap what has died (never block: one forked after the scan is still alive)
+                while os.waitpid(-1, os.WNOHANG)[0]:
                     pass
             except ChildProcessError:
                 pass
