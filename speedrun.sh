@@ -100,7 +100,7 @@ if [ ! -f "$STATE/report_started" ] || [ "${FORCE:-0}" = "1" ]; then
     $PY -m nanochat.report reset
     touch "$STATE/report_started"
 fi
-stage data          $PY -m nanochat.dataset -n $NUM_SHARDS --source $DATA_SOURCE
+stage data          $PY -m nanochat.data -n $NUM_SHARDS --source $DATA_SOURCE
 stage identity      $PY -m dev.gen_identity
 stage tok_train     $PY -m scripts.tok_train --vocab-size=$VOCAB --max-chars=$TOK_CHARS --source=$DATA_SOURCE
 stage tok_eval      $PY -m scripts.tok_eval
@@ -108,12 +108,12 @@ stage base_train    $LAUNCH scripts.base_train $BASE_ARGS --run=$WANDB_RUN --res
 stage base_loss     $LAUNCH scripts.base_loss --device-batch-size=$DEVICE_BATCH_SIZE --eval-tokens=${EVAL_TOKENS:-10485760}
 stage base_eval     $LAUNCH scripts.base_eval $BASE_EVAL_ARGS
 stage mid_train     $LAUNCH scripts.mid_train $MID_ARGS --run=$WANDB_RUN --resume
-stage mid_eval      $LAUNCH scripts.chat_eval -i mid $CHAT_EVAL_ARGS
+stage mid_eval      $LAUNCH scripts.chat_eval -i mid --report $CHAT_EVAL_ARGS
 stage sft_train     $LAUNCH scripts.chat_sft $SFT_ARGS --run=$WANDB_RUN
-stage sft_eval      $LAUNCH scripts.chat_eval -i sft $CHAT_EVAL_ARGS
+stage sft_eval      $LAUNCH scripts.chat_eval -i sft --report $CHAT_EVAL_ARGS
 if [ "${RUN_RL:-0}" = "1" ]; then
     stage rl_train  $LAUNCH scripts.chat_rl $RL_ARGS --run=$WANDB_RUN
-    stage rl_eval   $LAUNCH scripts.chat_eval -i rl -a GSM8K $CHAT_EVAL_ARGS
+    stage rl_eval   $LAUNCH scripts.chat_eval -i rl -a GSM8K --report $CHAT_EVAL_ARGS
 fi
 $PY -m nanochat.report generate --out "${REPORT_PATH:-report.md}"
 

@@ -15,7 +15,7 @@ import json
 import os
 import random
 
-from nanochat.common import get_base_dir
+from nanochat.common import atomic_write, get_base_dir
 
 # (topic, language) -> questions; answers per topic and language below
 QUESTIONS = {
@@ -145,11 +145,9 @@ def main() -> None:
     if args.num <= 0:
         parser.error(f"--num must be positive, got {args.num}")
     out = args.out or os.path.join(get_base_dir(), "identity_conversations.jsonl")
-    tmp = out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(out) as f:
         for conv in generate(args.num, args.seed):
             f.write(json.dumps(conv, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
     print(f"wrote {args.num} identity conversations to {out}")
 
 

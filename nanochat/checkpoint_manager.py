@@ -8,13 +8,16 @@
 
 All files are written into `step_<NNNNNN>.tmp/`, fsynced, and the directory is renamed into place
 only when every rank is done: the final name is the commit marker, so a run killed mid-save
-leaves the previous step as the last valid checkpoint. Loading verifies the sha256 of each file it
-reads and names the file when something is wrong.
+leaves the previous step as the last valid checkpoint. Re-saving an existing step renames it to
+`step_<NNNNNN>.old/` first; a crash between the two renames is repaired the next time the
+directory is listed or loaded (the new save is finished if its meta.json was written, else the
+old one is put back). Loading validates meta.json as a whole before building anything, verifies
+the sha256 of each file it reads and names the file when something is wrong.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from nanochat.common import get_base_dir
+from nanochat.common import file_lock, get_base_dir, sha256_file
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import Tokenizer, get_tokenizer
 
@@ -35,6 +38,10 @@ logger = logging.getLogger(__name__)
 STAGE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "sft_checkpoints", "rl": "rl_checkpoints"}
 STEP_RE = re.compile(r"^step_(\d{6,})$")
 FORMAT = "nanochat-checkpoint-1"
+# Upper bounds a model config from meta.json must respect: a corrupt or hostile file must not make
+# us allocate gigabytes (rotary tables are 10x sequence_len long; embeddings are vocab x width).
+CONFIG_LIMITS = {"sequence_len": 1 << 17, "vocab_size": 1 << 21, "n_layer": 1024, "n_head": 1024,
+                 "n_kv_head": 1024, "n_embd": 1 << 16}
 
 
 class CheckpointError(RuntimeError):
@@ -49,14 +56,6 @@ def stage_dir(stage: str) -> Path:
 
 def step_dir(checkpoint_dir: str | os.PathLike, step: int) -> Path:
     return Path(checkpoint_dir) / f"step_{step:06d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -110,25 +109,48 @@ def save_checkpoint(checkpoint_dir: str | os.PathLike, step: int, model: torch.n
     _write_json(tmp / f"rank{rank}.json", {"optimizers": opt_meta, "rank_state": rank_state or {}})
     _barrier()
     if rank == 0:
-        files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         _write_json(tmp / "meta.json", {"format": FORMAT, "step": step, "world_size": world_size, **meta, "files": files})
-        # commit: swap the directory into place (an older save of the same step is replaced)
+        # commit: swap the directory into place (an older save of the same step is replaced);
+        # _recover() repairs a crash between the two renames
         old = final.with_name(final.name + ".old")
-        if final.exists():
+        with file_lock(final):
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                _fsync(final.parent)
+            os.replace(tmp, final)
+            _fsync(final.parent)
             shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync(final.parent)
-        shutil.rmtree(old, ignore_errors=True)
         logger.info("saved checkpoint %s", final)
     _barrier()
     return final
+
+
+def _recover(checkpoint_dir: Path) -> None:
+    """Finish or roll back a re-save that crashed between `final -> .old` and `.tmp -> final`."""
+    for old in checkpoint_dir.glob("step_*.old"):
+        final = old.with_name(old.name.removesuffix(".old"))
+        tmp = final.with_name(final.name + ".tmp")
+        with file_lock(final):  # the same lock as the commit: never repair a save in progress
+            if not old.is_dir():
+                continue  # repaired by another process while we waited
+            if not final.exists():
+                if (tmp / "meta.json").is_file():  # meta.json is the last file written before the commit
+                    os.replace(tmp, final)
+                    logger.warning("finished the interrupted commit of %s", final)
+                else:
+                    os.replace(old, final)
+                    logger.warning("rolled back the interrupted commit of %s to its previous save", final)
+                _fsync(checkpoint_dir)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def committed_steps(checkpoint_dir: str | os.PathLike) -> list[int]:
     d = Path(checkpoint_dir)
     if not d.is_dir():
         return []
+    _recover(d)
     return sorted(int(m.group(1)) for p in d.iterdir() if (m := STEP_RE.match(p.name)) and (p / "meta.json").is_file())
 
 
@@ -140,16 +162,54 @@ def last_step(checkpoint_dir: str | os.PathLike) -> int:
 
 
 def read_meta(checkpoint_dir: str | os.PathLike, step: int) -> dict:
+    """meta.json of a committed step, validated as a whole (see validate_meta)."""
     path = step_dir(checkpoint_dir, step) / "meta.json"
+    if Path(checkpoint_dir).is_dir():
+        _recover(Path(checkpoint_dir))
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path.parent} does not exist (or was never committed)") from None
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise CheckpointError(f"{path} is corrupt: {e}") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    problem = validate_meta(meta)
+    if problem:
+        raise CheckpointError(f"{path} is not a valid checkpoint description: {problem}; "
+                              "save the checkpoint again (or restore the file)")
     return meta
+
+
+def validate_meta(meta) -> str | None:
+    """What is wrong with a parsed meta.json, or None. Checked before anything is built from it."""
+    if not isinstance(meta, dict):
+        return f"expected a JSON object, got {type(meta).__name__}"
+    if meta.get("format") != FORMAT:
+        return f"format is {meta.get('format')!r}, expected {FORMAT!r}"
+    for key, kind in (("step", int), ("world_size", int), ("files", dict), ("model_config", dict)):
+        if key not in meta:
+            return f"it has no {key!r}"
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            return f"{key!r} must be a {kind.__name__}, got {type(meta[key]).__name__}"
+    for name, info in meta["files"].items():
+        if not (isinstance(info, dict) and isinstance(info.get("sha256"), str) and type(info.get("bytes")) is int):
+            return f"files[{name!r}] must be {{'sha256': str, 'bytes': int}}"
+    config = meta["model_config"]
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    if unknown := sorted(set(config) - fields):
+        return f"model_config has unknown key(s) {', '.join(unknown)}"
+    if missing := sorted(fields - set(config)):
+        return f"model_config lacks {', '.join(missing)}"
+    for f in dataclasses.fields(GPTConfig):
+        value, limit = config[f.name], CONFIG_LIMITS.get(f.name)
+        if limit is not None and (type(value) is not int or not 1 <= value <= limit):
+            return f"model_config {f.name}={value!r} must be an integer in 1..{limit:,}"
+        if limit is None and f.default is not dataclasses.MISSING and type(value) is not type(f.default):
+            return f"model_config {f.name}={value!r} must be a {type(f.default).__name__}"
+    try:
+        GPTConfig(**config)
+    except ValueError as e:
+        return f"model_config is inconsistent: {e}"
+    return None
 
 
 def _load_verified(path: Path, meta: dict) -> dict[str, torch.Tensor]:
@@ -161,7 +221,7 @@ def _load_verified(path: Path, meta: dict) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is missing")
     if path.stat().st_size != info["bytes"]:
         raise CheckpointError(f"{path} is truncated or changed ({path.stat().st_size} bytes, expected {info['bytes']})")
-    if _sha256(path) != info["sha256"]:
+    if sha256_file(path) != info["sha256"]:
         raise CheckpointError(f"{path} is corrupt (checksum mismatch)")
     try:
         return load_file(path)

@@ -4,20 +4,103 @@ logging set-up (called by entry scripts, never at import) and device detection."
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import hashlib
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 logger = logging.getLogger("nanochat")
 
 
+class SetupError(SystemExit):
+    """This machine is not set up for the step (an unusable base dir, no tokenizer). A SystemExit
+    whose message is one sentence saying what to do: an entry script ends with that sentence on
+    stderr and status 1, not with a traceback from deep inside."""
+
+
 def get_base_dir() -> Path:
-    """Root of every artifact: $NANOCHAT_BASE_DIR, default ~/.cache/nanochat. Created on demand."""
-    base = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
-    path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
+    """Root of every artifact: $NANOCHAT_BASE_DIR, default ~/.cache/nanochat. Created on demand;
+    SetupError if it cannot be created or written."""
+    env = os.environ.get("NANOCHAT_BASE_DIR")
+    path = Path(env or os.path.join(os.path.expanduser("~"), ".cache", "nanochat"))
+    what = f"NANOCHAT_BASE_DIR={env}" if env else f"the base dir {path} (NANOCHAT_BASE_DIR is not set)"
+    fix = "set NANOCHAT_BASE_DIR to a directory you can write (it is created if missing)"
+    if path.exists() and not path.is_dir():
+        raise SetupError(f"{what} is not a directory: {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SetupError(f"{what} cannot be created ({e.strerror}): {fix}") from None
+    if not _writable(str(path)):
+        raise SetupError(f"{what} is not writable: {fix}")
     return path
+
+
+@functools.lru_cache(maxsize=16)
+def _writable(directory: str) -> bool:
+    """Whether a file can be created in `directory` (os.access says yes to root on a read-only fs)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".nanochat-write-test-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file next to `path` for writing; on success it is fsynced and renamed over
+    `path`, on error removed. Readers see the old file or the whole new one, never half of one.
+
+        with atomic_write(path) as f:
+            json.dump(meta, f)
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": "\n"} if mode == "w" else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_lock(path: str | os.PathLike):
+    """A FileLock (processes, ranks and threads) guarding `path`.
+
+    The lock file lives in <base>/.locks/ (for a path outside the base dir: in .locks/ beside it),
+    not next to `path`: data directories stay free of `.lock` files, which filelock never deletes
+    (deleting a lock file others may hold is a race)."""
+    from filelock import FileLock
+
+    path = Path(path).absolute()
+    env = os.environ.get("NANOCHAT_BASE_DIR")
+    base = Path(env or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")).absolute()
+    locks = (get_base_dir() if path.is_relative_to(base) else path.parent) / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha1(str(path).encode()).hexdigest()[:16]
+    return FileLock(str(locks / f"{path.name}-{key}.lock"))
 
 
 def get_rank() -> int:
@@ -146,7 +229,8 @@ def cpu_matmul_peaks() -> dict[str, float]:
     except (OSError, ValueError, KeyError):
         pass
     flops = {"float32": _measure_matmul_flops(torch.float32), "bfloat16": _measure_matmul_flops(torch.bfloat16)}
-    path.write_text(json.dumps({"key": key, "flops": flops}, indent=2))
+    with atomic_write(path) as f:  # ranks measuring at once must not read each other's half-written file
+        json.dump({"key": key, "flops": flops}, f, indent=2)
     return flops
 
 

@@ -288,7 +288,7 @@ def _fetch_bundle() -> Path:
     """Download and unpack the bundle into <base>/eval_bundle (locked; unpacked, then renamed)."""
     from filelock import FileLock
 
-    from nanochat.download import download_file
+    from nanochat.data.download import download_file
 
     root = bundle_dir()
     with FileLock(str(root) + ".lock"):
@@ -306,7 +306,7 @@ def _fetch_bundle() -> Path:
 
 
 def _hub_tasks() -> list[CoreTask]:
-    from nanochat import hub
+    from nanochat.data import hub
 
     tasks = []
     for meta in hub.core_tasks():

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import torch
 
 from nanochat.common import get_rank, get_world_size
-from nanochat.dataset import list_parquet_files
+from nanochat.data.shards import list_parquet_files
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def split_files(split: str) -> list[str]:
     files = [str(p) for p in list_parquet_files()]
     if len(files) < 2:
         raise FileNotFoundError(f"need at least 2 pretraining shards (train + val), found {len(files)}: "
-                                "run `python -m nanochat.dataset` (or --source offline) first")
+                                "run `python -m nanochat.data` (or --source offline) first")
     return files[:-1] if split == "train" else files[-1:]
 
 

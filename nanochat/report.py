@@ -15,12 +15,11 @@ import json
 import time
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from nanochat.common import get_base_dir, get_rank
+from nanochat.common import atomic_write, get_base_dir, get_rank
 
 # the order sections appear in; unknown sections follow alphabetically
 SECTION_ORDER = ["tokenizer-training", "tokenizer-evaluation", "base-model-training", "base-model-loss",
@@ -59,13 +58,11 @@ def log_section(title: str, items: list[str | dict], metrics: dict[str, float] |
             lines.append(str(item))
         lines.append("")
     path = report_dir() / f"{_slug(title)}.md"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write("\n".join(lines) + "\n")
     if metrics is not None:
-        mpath = path.with_suffix(".json")
-        mpath.with_suffix(".tmp").write_text(json.dumps(metrics))
-        os.replace(mpath.with_suffix(".tmp"), mpath)
+        with atomic_write(path.with_suffix(".json")) as f:
+            json.dump(metrics, f)
     return path
 
 
@@ -162,8 +159,8 @@ def plot_history(history_path: Path, out: Path, title: str) -> Path | None:
 
 
 def generate(copy_to: str | os.PathLike | None = "report.md") -> Path:
-    """Join the header, a summary table and every section into report.md (and copy it to `copy_to`,
-    with the plots beside it)."""
+    """Join the header, a summary table and every section into <base>/report/report.md, the plots
+    beside it, and write a copy to `copy_to` whose images point at those plots."""
     d = report_dir()
     sections = {p.stem: p for p in d.glob("*.md") if p.name not in ("report.md", "header.md")}
     order = [s for s in SECTION_ORDER if s in sections] + sorted(s for s in sections if s not in SECTION_ORDER)
@@ -186,11 +183,16 @@ def generate(copy_to: str | os.PathLike | None = "report.md") -> Path:
         parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     parts += [sections[s].read_text() for s in order]
     out = d / "report.md"
-    out.write_text("\n".join(parts))
+    with atomic_write(out) as f:
+        f.write("\n".join(parts))
     if copy_to is not None:
-        shutil.copyfile(out, copy_to)
+        # the copy (by default ./report.md in the checkout) is the only file written outside the base
+        # dir: its images point at the plots where they are, under <base>/report/
+        text = "\n".join(parts)
         for png in plots:
-            shutil.copyfile(png, Path(copy_to).parent / png.name)
+            text = text.replace(f"![{png.stem}]({png.name})", f"![{png.stem}]({png.resolve()})")
+        with atomic_write(copy_to) as f:
+            f.write(text)
     return out
 
 
@@ -205,7 +207,7 @@ def reset() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="nanochat report card")
     parser.add_argument("command", choices=["reset", "generate"], help="reset: clear sections; generate: write report.md")
-    parser.add_argument("--out", default="report.md", help="where generate copies report.md (and its plots)")
+    parser.add_argument("--out", default="report.md", help="where generate copies report.md (the plots stay in the base dir)")
     args = parser.parse_args()
     if args.command == "reset":
         reset()

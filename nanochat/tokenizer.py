@@ -11,6 +11,7 @@ The chat template lives in exactly one place: `render_conversation` below.
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import json
 import os
@@ -20,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from nanochat.common import get_base_dir
+from nanochat.common import SetupError, atomic_write, get_base_dir
 
-# The special tokens, in this order, take the last ids of the vocabulary (SPEC §3).
+# The special tokens, in this order, take the last ids of the vocabulary: the BPE merges own 0..n-1,
+# so a tokenizer trained with a larger vocabulary keeps the same special-token order.
 SPECIAL_TOKENS = [
     "<|bos|>",  # starts every document
     "<|user_start|>",
@@ -169,13 +171,13 @@ class Tokenizer:
             "vocab_size": self.vocab_size,
             "ranks_sha256": hashlib.sha256(ranks_text).hexdigest(),
         }
-        _atomic_write(directory / RANKS_FILE, ranks_text)
-        tb_tmp = directory / (TOKEN_BYTES_FILE + ".tmp")
-        with open(tb_tmp, "wb") as f:
+        with atomic_write(directory / RANKS_FILE, "wb") as f:
+            f.write(ranks_text)
+        with atomic_write(directory / TOKEN_BYTES_FILE, "wb") as f:
             np.save(f, self.token_bytes(), allow_pickle=False)
-        os.replace(tb_tmp, directory / TOKEN_BYTES_FILE)
         # the metadata goes last: a directory with a tokenizer.json is complete
-        _atomic_write(directory / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        with atomic_write(directory / META_FILE) as f:
+            f.write(json.dumps(meta, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -272,15 +274,22 @@ class Tokenizer:
         return ids
 
     def visualize_tokenization(self, ids: list[int], mask: list[int] | None = None) -> str:
-        """Tokens separated by '|', green where mask is 1 and red where 0 (ANSI), for debugging."""
+        """Tokens separated by '|', green where mask is 1 and red where 0 (ANSI), for debugging.
+
+        A token that ends inside a multi-byte character is joined with the tokens that complete it
+        (one span, coloured by its first token), so "naïve" in byte tokens shows as n|a|ï|v|e, not
+        as n|a|\ufffd|\ufffd|v|e; bytes that are not UTF-8 at all still show as \ufffd."""
         green, red, reset = "\033[92m", "\033[91m", "\033[0m"
-        out = []
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        out, span, first = [], "", 0
         for i, tok in enumerate(ids):
-            text = self.enc.decode_single_token_bytes(tok).decode("utf-8", errors="replace")
-            if mask is None:
-                out.append(text)
-            else:
-                out.append((green if mask[i] else red) + text + reset)
+            if not span:
+                first = i
+            span += decoder.decode(self.enc.decode_single_token_bytes(tok), final=i == len(ids) - 1)
+            if decoder.getstate()[0]:
+                continue  # the token ended mid-character: the next one completes it
+            out.append(span if mask is None else (green if mask[first] else red) + span + reset)
+            span = ""
         return "|".join(out)
 
 
@@ -321,22 +330,19 @@ def _validated_messages(conversation) -> list[dict]:
     return messages
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def get_tokenizer_dir() -> Path:
     return get_base_dir() / "tokenizer"
 
 
 def get_tokenizer() -> Tokenizer:
-    """The trained tokenizer of this base dir."""
-    return Tokenizer.load(get_tokenizer_dir())
+    """The trained tokenizer of this base dir; SetupError (one sentence, exit status 1) if there is none."""
+    directory = get_tokenizer_dir()
+    if not (directory / META_FILE).is_file():
+        where = (f"NANOCHAT_BASE_DIR={os.environ['NANOCHAT_BASE_DIR']}" if os.environ.get("NANOCHAT_BASE_DIR")
+                 else "NANOCHAT_BASE_DIR is not set")
+        raise SetupError(f"no tokenizer in {directory} ({where}): train one with `python -m scripts.tok_train`, "
+                         "or set NANOCHAT_BASE_DIR to the base directory that holds tokenizer/")
+    return Tokenizer.load(directory)
 
 
 def get_token_bytes(device="cpu"):

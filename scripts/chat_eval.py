@@ -10,7 +10,8 @@ logit. Generative tasks (GSM8K, HumanEval, SpellingBee): sample -n completions p
 the Engine; a problem counts as solved when any sample passes the task's checker (pass@n).
 ChatCORE = mean over the six tasks of the centered accuracy (acc - b) / (1 - b), b = 0.25 for
 ARC and MMLU (four choices) and 0 for the others; with fewer tasks it is reported as partial.
-Works on any stage, base included. Writes the "Chat evaluation <stage>" report section.
+Works on any stage, base included. With --report (speedrun.sh passes it) the result becomes the
+"Chat evaluation <stage>" report section; a one-off run leaves the report alone.
 """
 
 import sys
@@ -18,6 +19,7 @@ import time
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from nanochat.chat_metrics import categorical_accuracy, generative_pass, spread_indices
 from nanochat.checkpoint_manager import CheckpointError, find_model_tag, last_step, load_model, stage_dir
@@ -58,6 +60,7 @@ parser.add_argument("-s", "--step", type=int, default=-1, help="checkpoint step 
 parser.add_argument("--seed", type=int, default=42, help="sampling seed (problem i uses seed + i)")
 parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
 parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
+parser.add_argument("--report", action="store_true", help="write the result as the stage's report section")
 args = parser.parse_args()
 task_names = [name.strip() for name in args.task_name.split("|") if name.strip()]
 unknown = [name for name in task_names if name not in TASKS]
@@ -95,14 +98,19 @@ for task_name in task_names:
     try:
         task = TASKS[task_name]()
         indices = spread_indices(len(task), args.max_problems)[rank::world_size]
-        if task.eval_type == "categorical":
-            correct, total = categorical_accuracy(model, tokenizer, task, indices, batch_size=args.batch_size,
-                                                  autocast=autocast)
-        else:
-            with autocast:
-                correct, total = generative_pass(engine, tokenizer, task, indices, num_samples=args.num_samples,
-                                                 max_tokens=args.max_new_tokens, temperature=args.temperature,
-                                                 top_k=args.top_k or None, seed=args.seed)
+        correct = total = 0
+        chunk = args.batch_size if task.eval_type == "categorical" else 1  # progress-bar granularity
+        for c0 in tqdm(range(0, len(indices), chunk), desc=task_name, unit="batch" if chunk > 1 else "problem",
+                       disable=rank != 0):
+            part = indices[c0:c0 + chunk]
+            if task.eval_type == "categorical":
+                c, t = categorical_accuracy(model, tokenizer, task, part, batch_size=args.batch_size, autocast=autocast)
+            else:
+                with autocast:
+                    c, t = generative_pass(engine, tokenizer, task, part, num_samples=args.num_samples,
+                                           max_tokens=args.max_new_tokens, temperature=args.temperature,
+                                           top_k=args.top_k or None, seed=args.seed)
+            correct, total = correct + c, total + t
     except (TaskDataError, ValueError) as e:
         print(f"error: {task_name}: {e}", file=sys.stderr)
         compute_cleanup()
@@ -123,6 +131,10 @@ label = "ChatCORE" if len(results) == len(TASKS) else f"ChatCORE (partial, {len(
 print0(f"{label}: {chatcore:.4f}")
 
 # -------------------------------------------------------------------------------------------------
+if not args.report:
+    print0("(not written to the report card: pass --report for that)")
+    compute_cleanup()
+    sys.exit(0)
 table = ["| task | correct | total | accuracy | centered | data |", "|---|---|---|---|---|---|"]
 table += [f"| {name} | {r['correct']} | {r['total']} | {r['accuracy']:.4f} | {r['centered']:.4f} | {r['source']} |"
           for name, r in results.items()]

@@ -12,7 +12,8 @@ and slices of the training and validation shards. Higher bytes/token = better co
 import time
 
 from nanochat.common import ScriptParser, print0, setup_logging
-from nanochat.dataset import heldout_texts, parquets_iter_batched
+from nanochat.data.corpus import heldout_texts
+from nanochat.data.shards import parquets_iter_batched
 from nanochat.report import log_section
 from nanochat.tokenizer import SPECIAL_TOKENS, get_tokenizer, iter_texts
 

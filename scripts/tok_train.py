@@ -10,7 +10,8 @@ corpus built from package-shipped text (`--source` forces one).
 import time
 
 from nanochat.common import ScriptParser, print0, setup_logging
-from nanochat.dataset import ensure_pretraining_data, parquets_iter_batched
+from nanochat.data.pretraining import ensure_pretraining_data
+from nanochat.data.shards import parquets_iter_batched
 from nanochat.report import log_section
 from nanochat.tokenizer import Tokenizer, get_tokenizer_dir, iter_texts
 

@@ -10,7 +10,7 @@ A task turns dataset records into conversations in the one chat format
 
 Records come from `load_task_records`, the one source-resolution function: Hugging Face datasets
 when huggingface.co answers (the `datasets` library keeps its own local cache), else the offline
-hub (nanochat.hub), whose records have the same fields. One line says which source served.
+hub (nanochat.data.hub), whose records have the same fields. One line says which source served.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def load_task_records(what: str, hf: tuple[str, str | None, str] | None,
     if not hub:
         raise TaskDataError(f"{what} is only available online ({hf[0] if hf else '?'} on Hugging Face) and "
                             f"Hugging Face cannot be used ({reason}); connect to the internet or pick another split")
-    from nanochat import hub as nanohub
+    from nanochat.data import hub as nanohub
 
     try:
         records = [r for name, split in hub for r in nanohub.load_records(name, split)]

