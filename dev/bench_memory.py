@@ -7,9 +7,10 @@ the old reference, from the full (B·T, V) logits.
 
 CPU numbers come from torch.profiler memory events (every allocation and free, in order); CUDA
 numbers from torch.cuda.max_memory_allocated (the peak) and the same profiler events (the largest
-allocation). "resident" is what lives between steps (weights and optimizer state); "peak" is the
-most allocated at once during the step, resident included. The measured step is the second one, so
-the optimizer state already exists. Ends with one JSON line.
+allocation), both by nanochat.training.step_memory, which --device-batch-size auto uses too.
+"resident" is what lives between steps (weights and optimizer state); "peak" is the most allocated
+at once during the step, resident included. The measured step is the second one, so the optimizer
+state already exists. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -17,42 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 from nanochat.common import autodetect_device_type, print0
 from nanochat.gpt import GPT, GPTConfig
-
-GIB = 2**30
-
-
-def allocations(fn: Callable[[], None], device: torch.device) -> tuple[int, int]:
-    """(peak bytes above the memory allocated before fn, largest single allocation) of one call of fn,
-    on `device`, from the profiler's memory events (on CUDA the peak is max_memory_allocated)."""
-    cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    if cuda:
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    with profile(activities=activities, profile_memory=True) as prof:
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-    wanted = "CUDA" if cuda else "CPU"
-    events = sorted((e for e in prof.profiler.kineto_results.events()
-                     if e.name() == "[memory]" and wanted in str(e.device_type())), key=lambda e: e.start_ns())
-    largest = max((e.nbytes() for e in events), default=0)
-    if cuda:
-        return torch.cuda.max_memory_allocated() - before, largest
-    live = peak = 0
-    for e in events:  # nbytes < 0 is a free
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak, largest
+from nanochat.training import GIB, step_memory
 
 
 def build(depth: int, vocab_size: int, seq_len: int, device: torch.device, seed: int = 0) -> GPT:
@@ -72,7 +44,7 @@ def full_logits_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-1)
 
 
-def step_memory(model: GPT, optimizers: list, x: torch.Tensor, y: torch.Tensor, loss_path: str,
+def measure_step(model: GPT, optimizers: list, x: torch.Tensor, y: torch.Tensor, loss_path: str,
                 dtype: torch.dtype, compiled=None, warmup: bool = True) -> dict:
     """Train two steps and measure the second (one, measured, without warmup). Returns resident, peak
     and largest allocation in bytes."""
@@ -95,7 +67,7 @@ def step_memory(model: GPT, optimizers: list, x: torch.Tensor, y: torch.Tensor, 
                     for t in state.values() if torch.is_tensor(t))
     if device.type == "cuda":
         resident = torch.cuda.memory_allocated()
-    peak, largest = allocations(step, device)
+    peak, largest = step_memory(step, device)
     return {"resident": resident, "peak": resident + peak, "largest": largest}
 
 
@@ -129,7 +101,7 @@ def main() -> None:
             x = torch.randint(0, args.vocab_size, (batch, args.seq_len), generator=g).to(device)
             y = torch.randint(0, args.vocab_size, (batch, args.seq_len), generator=g).to(device)
             try:
-                m = step_memory(model, optimizers, x, y, loss_path, dtype, compiled)
+                m = measure_step(model, optimizers, x, y, loss_path, dtype, compiled)
             except torch.OutOfMemoryError:
                 m = {"resident": float("nan"), "peak": float("inf"), "largest": float("nan")}
                 print0(f"{batch:>4} {loss_path:>8} out of memory")

@@ -41,9 +41,12 @@ logger = logging.getLogger("nanochat.gpt")
 LOGIT_SOFTCAP = 15.0  # tanh cap keeps early logits bounded, as in reference nanochat
 ROTARY_BASE = 10_000.0
 ROTARY_HORIZON = 10  # rotary tables cover 10× sequence_len so generation can run past the window
-# float32 logits of one chunk of rows in the loss: 512 rows at V=65536, a quarter of what a step at
-# B=8, T=512 would otherwise hold in one (B·T, V) tensor (measurements in dev/LOG.md)
+# float32 logits of one chunk of rows in the loss. CPU: 512 rows at V=65536, an eighth of what a step
+# at B=8, T=512 would otherwise hold in one (B·T, V) tensor (dev/LOG.md). CUDA: 4096 rows at V=65536,
+# 16 chunks at d20 × batch 32; fewer chunks mean fewer float32 (V, C) head-gradient additions and a
+# shorter unrolled graph under torch.compile (a guess, not yet measured on a GPU).
 LOSS_CHUNK_BYTES = 128 * 2**20
+LOSS_CHUNK_BYTES_CUDA = 2**30
 
 
 # -------------------------------------------------------------------------------------------------
@@ -474,7 +477,7 @@ class GPT(nn.Module):
             return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
         # the training path never holds the (B·T, V) logits: see chunked_cross_entropy
         loss = chunked_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T),  # (B·T, C)
-                                     loss_reduction, chunk_bytes=LOSS_CHUNK_BYTES)
+                                     loss_reduction, LOSS_CHUNK_BYTES_CUDA if idx.is_cuda else LOSS_CHUNK_BYTES)
         return loss.view(B, T) if loss_reduction == "none" else loss  # (B, T) or ()
 
     def new_kv_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache:

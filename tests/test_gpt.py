@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import nanochat.gpt as gpt
-from dev.bench_memory import step_memory
+from dev.bench_memory import measure_step
 from nanochat.gpt import GPT, GPTConfig, KVCache, sample_next_token
 
 TINY = dict(sequence_len=32, vocab_size=128, n_layer=2, n_head=2, n_kv_head=2, n_embd=64)  # head_dim 32
@@ -137,7 +137,7 @@ def test_training_step_never_holds_the_full_logits():
     model = GPT(GPTConfig(sequence_len=T, vocab_size=V, n_layer=2, n_head=2, n_kv_head=2, n_embd=64))
     model.init_weights()
     x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
-    m = step_memory(model, model.setup_optimizers(), x, y, "chunked", torch.float32, warmup=False)
+    m = measure_step(model, model.setup_optimizers(), x, y, "chunked", torch.float32, warmup=False)
     assert m["largest"] <= B * T * V * 4 // 4
 
 
