@@ -286,15 +286,19 @@ AUTO_CPU_BATCH = 8  # auto without a memory budget (CPU, MPS): the CPU preset's 
 AUTO_HEADROOM = 0.90  # a step may peak at this fraction of the card's memory
 
 
-def step_memory(fn: Callable[[], Any], device: torch.device) -> tuple[int, int]:
+def step_memory(fn: Callable[[], Any], device: torch.device, largest: bool = True) -> tuple[int, int]:
     """(peak bytes above what was allocated before, largest single allocation) of one call of fn.
-    CUDA: max_memory_allocated for the peak; both devices: torch.profiler memory events (every
-    allocation and free, in order) for the rest."""
+    CUDA: max_memory_allocated for the peak; torch.profiler memory events (every allocation and
+    free, in order) for the rest, skipped on CUDA when largest is False (the largest is then 0)."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
+    if cuda and not largest:
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before, 0
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
                  profile_memory=True) as prof:
         fn()
@@ -303,14 +307,14 @@ def step_memory(fn: Callable[[], Any], device: torch.device) -> tuple[int, int]:
     wanted = "CUDA" if cuda else "CPU"
     events = sorted((e for e in prof.profiler.kineto_results.events()
                      if e.name() == "[memory]" and wanted in str(e.device_type())), key=lambda e: e.start_ns())
-    largest = max((e.nbytes() for e in events), default=0)
+    biggest = max((e.nbytes() for e in events), default=0)
     if cuda:
-        return torch.cuda.max_memory_allocated() - before, largest
+        return torch.cuda.max_memory_allocated() - before, biggest
     live = peak = 0
     for e in events:  # nbytes < 0 is a free
         live += e.nbytes()
         peak = max(peak, live)
-    return peak, largest
+    return peak, biggest
 
 
 def batch_candidates(per_step: int, per_row: int, world_size: int, max_batch: int = AUTO_MAX_BATCH) -> list[int]:
@@ -348,10 +352,11 @@ def auto_device_batch_size(model: torch.nn.Module, optimizers: list, autocast, s
     choice = None
     for b in candidates:
         x = torch.randint(0, vocab_size, (b, seq_len), device=device)
+        resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0  # weights, optimizer state
         try:
             peak, _ = step_memory(lambda: train_step(forward, optimizers, [(x, x)], autocast, lrm=0.0,
-                                                     exit_on_oom=False), device)
-            peak += torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+                                                     exit_on_oom=False), device, largest=False)
+            peak += resident
             fits = peak <= budget_bytes
             tried.append(f"{b}: peak {peak / GIB:.2f} GiB" + ("" if fits else " (over the budget)"))
         except torch.OutOfMemoryError:
