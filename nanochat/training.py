@@ -339,7 +339,8 @@ def auto_device_batch_size(model: torch.nn.Module, optimizers: list, autocast, s
     or peaks above the budget (default: AUTO_HEADROOM of the CUDA card); then the next smaller one
     is tried. Without a budget off CUDA there is nothing to probe: AUTO_CPU_BATCH (or the largest
     candidate below it), because CPU memory is rarely the limit and a larger batch is not faster there.
-    Under torchrun every process probes and all take the smallest choice."""
+    Under torchrun every process probes and all take the smallest choice (the cards are assumed
+    alike: a rank that runs out of memory where the others do not would leave them waiting)."""
     device = next(model.parameters()).device
     forward = forward or model
     if budget_bytes is None:
