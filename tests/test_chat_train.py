@@ -63,6 +63,7 @@ def test_chat_rl_from_base(chat_base):
     build_model(chat_base / "rl_checkpoints" / "d1", 2, "cpu", tokenizer=Tokenizer.load(chat_base / "tokenizer"))
 
 
+@pytest.mark.slow  # two SFT runs end to end
 def test_chat_sft_resume_and_auto_batch(chat_base, tmp_path):
     base = tmp_path / "base"  # chat_base without its SFT checkpoints
     base.mkdir()
