@@ -6,7 +6,7 @@
 #   bash speedrun.sh                        # 8 GPUs: the d20 reference run (~561M params, 20 tokens/param)
 #                                           # 1-7 GPUs: the same with gradient accumulation
 #                                           # no GPU: a small preset that finishes in under an hour on 2 cores
-#   DEPTH=12 DEVICE_BATCH_SIZE=16 bash speedrun.sh     # overrides
+#   DEPTH=12 DEVICE_BATCH_SIZE=16 bash speedrun.sh     # overrides (GPU default: auto, the largest that fits)
 #   DATA_SOURCE=offline WANDB_RUN=myrun RUN_RL=1 bash speedrun.sh
 #   FORCE=1 bash speedrun.sh                # redo stages that already finished
 #   SCALE=micro bash speedrun.sh            # every stage a few steps (the end-to-end test uses this)
@@ -31,7 +31,9 @@ WANDB_RUN="${WANDB_RUN:-dummy}"
 if [ "$NGPU" -ge 1 ]; then
     PRESET="gpu x$NGPU"
     DEPTH="${DEPTH:-20}"
-    DEVICE_BATCH_SIZE="${DEVICE_BATCH_SIZE:-32}"
+    # auto: one real training step per try, from 64 down, until one fits in 90% of the card
+    DEVICE_BATCH_SIZE="${DEVICE_BATCH_SIZE:-auto}"
+    EVAL_BATCH_SIZE=16                      # no gradients: 16 × 2048 fits any card that trains d20
     DATA_SOURCE="${DATA_SOURCE:-auto}"
     NUM_SHARDS=240                          # ~24B characters: enough for d20 at 20 tokens/param
     VOCAB=65536
@@ -41,7 +43,7 @@ if [ "$NGPU" -ge 1 ]; then
     BASE_ARGS="--depth=$DEPTH --device-batch-size=$DEVICE_BATCH_SIZE"
     BASE_EVAL_ARGS=""
     MID_ARGS="--device-batch-size=$DEVICE_BATCH_SIZE"
-    SFT_ARGS=""
+    SFT_ARGS="--device-batch-size=auto"
     CHAT_EVAL_ARGS=""
     RL_ARGS=""
 else
@@ -49,6 +51,7 @@ else
     PRESET="cpu"
     DEPTH="${DEPTH:-4}"
     DEVICE_BATCH_SIZE="${DEVICE_BATCH_SIZE:-8}"
+    EVAL_BATCH_SIZE=$DEVICE_BATCH_SIZE
     DATA_SOURCE="${DATA_SOURCE:-offline}"
     NUM_SHARDS=8
     VOCAB=8192
@@ -105,7 +108,7 @@ stage identity      $PY -m dev.gen_identity
 stage tok_train     $PY -m scripts.tok_train --vocab-size=$VOCAB --max-chars=$TOK_CHARS --source=$DATA_SOURCE
 stage tok_eval      $PY -m scripts.tok_eval
 stage base_train    $LAUNCH scripts.base_train $BASE_ARGS --run=$WANDB_RUN --resume
-stage base_loss     $LAUNCH scripts.base_loss --device-batch-size=$DEVICE_BATCH_SIZE --eval-tokens=${EVAL_TOKENS:-10485760}
+stage base_loss     $LAUNCH scripts.base_loss --device-batch-size=$EVAL_BATCH_SIZE --eval-tokens=${EVAL_TOKENS:-10485760}
 stage base_eval     $LAUNCH scripts.base_eval $BASE_EVAL_ARGS
 stage mid_train     $LAUNCH scripts.mid_train $MID_ARGS --run=$WANDB_RUN --resume
 stage mid_eval      $LAUNCH scripts.chat_eval -i mid --report $CHAT_EVAL_ARGS

@@ -1,11 +1,13 @@
 """The GPT: a decoder-only transformer, its KV cache and the slow reference sampler.
 
-Architecture (SPEC §4), every choice a plain line of code below:
+Architecture, every choice a plain line of code below:
 - rotary position embeddings (no learned positions), QK-norm, parameter-free RMSNorm after the
   embedding, before attention, before the MLP and before the head;
 - no biases anywhere; ReLU² MLP with a 4× hidden layer; untied embedding (wte) and head (lm_head);
 - grouped-query attention when n_kv_head < n_head;
 - tanh soft-cap (15) on the logits, computed in float32;
+- the training loss runs the head, soft-cap and cross-entropy a chunk of rows at a time, forward
+  and backward, so the (B·T, V) logits never exist (d20 at batch 32: 8 GiB in bf16 otherwise);
 - zero-initialised attention/MLP output projections and head, so every block starts as the
   identity and the first logits are uniform.
 
@@ -39,6 +41,12 @@ logger = logging.getLogger("nanochat.gpt")
 LOGIT_SOFTCAP = 15.0  # tanh cap keeps early logits bounded, as in reference nanochat
 ROTARY_BASE = 10_000.0
 ROTARY_HORIZON = 10  # rotary tables cover 10× sequence_len so generation can run past the window
+# float32 logits of one chunk of rows in the loss. CPU: 512 rows at V=65536, an eighth of what a step
+# at B=8, T=512 would otherwise hold in one (B·T, V) tensor (dev/LOG.md). CUDA: 4096 rows at V=65536,
+# 16 chunks at d20 × batch 32; fewer chunks mean fewer float32 (V, C) head-gradient additions and a
+# shorter unrolled graph under torch.compile (a guess, not yet measured on a GPU).
+LOSS_CHUNK_BYTES = 128 * 2**20
+LOSS_CHUNK_BYTES_CUDA = 2**30
 
 
 # -------------------------------------------------------------------------------------------------
@@ -238,6 +246,101 @@ class Block(nn.Module):
 
 
 # -------------------------------------------------------------------------------------------------
+# The loss, chunk by chunk over rows
+
+
+def _softcap_ce_chunk(x: Tensor, w: Tensor, targets: Tensor, row_scale: Tensor | None
+                      ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Loss rows of one chunk, and with row_scale the gradients of Σ row_scale·loss.
+
+    x (n, C) and w (V, C) in the matmul dtype, targets (n,) with -1 = ignored, row_scale (n,) float32.
+    Returns loss (n,) float32 (0 where ignored), dx (n, C) in x's dtype, dw (V, C) float32."""
+    # in-place where possible: each (n, V) float32 buffer is one chunk's worth of memory
+    t = (x @ w.t()).float().div_(LOGIT_SOFTCAP).tanh_()  # (n, V) float32, like the logits path
+    s = t * LOGIT_SOFTCAP  # soft-capped logits
+    valid = targets >= 0
+    target = targets.clamp(min=0)[:, None]  # (n, 1)
+    lse = torch.logsumexp(s, dim=-1)  # (n,)
+    loss = torch.where(valid, lse - s.gather(1, target).squeeze(1), 0.0)  # (n,)
+    if row_scale is None:
+        return loss, None, None
+    # d loss / d s = softmax(s) - onehot(target); d s / d logit = 1 - tanh²
+    ds = s.sub_(lse[:, None]).exp_().scatter_add_(1, target, torch.full_like(lse[:, None], -1.0))  # (n, V)
+    dlogit = ds.mul_(t.mul_(t).neg_().add_(1)).mul_(torch.where(valid, row_scale, 0.0)[:, None]).to(x.dtype)
+    return loss, dlogit @ w, (dlogit.t() @ x).float()  # (n, C), (V, C)
+
+
+class ChunkedSoftcapCrossEntropy(torch.autograd.Function):
+    """cross_entropy(15·tanh(x @ wᵀ / 15), targets), rows of x taken `chunk` at a time, so that no
+    more than one chunk's (chunk, V) logits ever exist, forward or backward.
+
+    'mean' and 'sum' reduce to a scalar whose upstream gradient is one number, so the forward
+    computes the gradients as it goes (no second pass over the head) and the backward scales them.
+    'none' gives one loss per row with its own upstream gradient, which is only known in the
+    backward: there each chunk's logits are recomputed."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, reduction: str, chunk: int,
+                compute_dtype: torch.dtype, need_grads: bool) -> Tensor:
+        xc, wc = x.to(compute_dtype), weight.to(compute_dtype)  # (N, C), (V, C)
+        N = x.size(0)
+        ctx.reduction, ctx.chunk, ctx.dtypes = reduction, chunk, (x.dtype, weight.dtype)
+        if reduction == "none":
+            loss = torch.cat([_softcap_ce_chunk(xc[i:i + chunk], wc, targets[i:i + chunk], None)[0]
+                              for i in range(0, N, chunk)])  # (N,)
+            ctx.save_for_backward(xc, wc, targets)
+            return loss
+        num_valid = (targets >= 0).sum()
+        # 'mean' divides by the number of targets; none valid gives NaN, as F.cross_entropy does
+        scale = 1.0 / num_valid.float() if reduction == "mean" else torch.ones((), device=x.device)
+        total = torch.zeros((), device=x.device)
+        dx, dw = (torch.empty_like(xc), torch.zeros_like(weight, dtype=torch.float32)) if need_grads else (None, None)
+        for i in range(0, N, chunk):
+            rows = targets[i:i + chunk]
+            row_scale = scale.expand(rows.shape) if need_grads else None
+            loss, dx_chunk, dw_chunk = _softcap_ce_chunk(xc[i:i + chunk], wc, rows, row_scale)
+            total = total + loss.sum()
+            if need_grads:
+                dx[i:i + chunk] = dx_chunk
+                dw += dw_chunk
+        if need_grads:
+            ctx.save_for_backward(dx, dw)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        if ctx.reduction != "none":
+            dx, dw = ctx.saved_tensors
+            return (dx * grad_out).to(ctx.dtypes[0]), (dw * grad_out).to(ctx.dtypes[1]), None, None, None, None, None
+        xc, wc, targets = ctx.saved_tensors
+        chunk = ctx.chunk
+        dx = torch.empty_like(xc)
+        dw = torch.zeros_like(wc, dtype=torch.float32)
+        for i in range(0, xc.size(0), chunk):
+            _, dx[i:i + chunk], dw_chunk = _softcap_ce_chunk(xc[i:i + chunk], wc, targets[i:i + chunk],
+                                                             grad_out[i:i + chunk].float())
+            dw += dw_chunk
+        return dx.to(ctx.dtypes[0]), dw.to(ctx.dtypes[1]), None, None, None, None, None
+
+
+def chunked_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, reduction: str = "mean",
+                          chunk_bytes: int = LOSS_CHUNK_BYTES) -> Tensor:
+    """The head, soft-cap and cross-entropy (ignore_index -1) without the full logits.
+
+    x (N, C) final hidden states, weight (V, C) the head, targets (N,). Equal to
+    F.cross_entropy(softcap(x @ weightᵀ), targets, ignore_index=-1, reduction=reduction) in float32;
+    under autocast the matmuls run in the autocast dtype and the soft-cap and softmax in float32,
+    exactly as the logits path does. Rows go `chunk_bytes` of float32 logits at a time."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"loss_reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    device_type = x.device.type
+    compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    chunk = max(1, chunk_bytes // (4 * weight.size(0)))
+    need_grads = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    return ChunkedSoftcapCrossEntropy.apply(x, weight, targets, reduction, chunk, compute_dtype, need_grads)
+
+
+# -------------------------------------------------------------------------------------------------
 # The model
 
 
@@ -369,12 +472,12 @@ class GPT(nn.Module):
                 x = block(x, cos, sin, kv_cache, i)
         x = norm(x)
 
-        logits = self.lm_head(x).float()  # (B, T, V)
-        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
         if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T),  # (B·T, V), (B·T,)
-                               ignore_index=-1, reduction=loss_reduction)
+            logits = self.lm_head(x).float()  # (B, T, V)
+            return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+        # the training path never holds the (B·T, V) logits: see chunked_cross_entropy
+        loss = chunked_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T),  # (B·T, C)
+                                     loss_reduction, LOSS_CHUNK_BYTES_CUDA if idx.is_cuda else LOSS_CHUNK_BYTES)
         return loss.view(B, T) if loss_reduction == "none" else loss  # (B, T) or ()
 
     def new_kv_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache:

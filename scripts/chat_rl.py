@@ -17,12 +17,12 @@ import torch
 import torch.distributed as dist
 
 from nanochat.chat_metrics import generative_pass, spread_indices
-from nanochat.checkpoint_manager import CheckpointError, load_model, save_checkpoint, stage_dir
-from nanochat.common import ScriptParser, compute_cleanup, compute_init, print0, setup_logging
+from nanochat.checkpoint_manager import save_checkpoint, stage_dir
+from nanochat.common import ScriptParser, compute_cleanup, print0, setup_logging
 from nanochat.engine import Engine
 from nanochat.report import log_section
 from nanochat.rl import policy_gradient_backward, rollout
-from nanochat.training import init_wandb, lr_multiplier, precision, set_lr
+from nanochat.training import init_run, load_source_or_exit, lr_multiplier, positive_int, set_lr, unit_fraction
 from tasks.common import TaskDataError
 from tasks.gsm8k import GSM8K
 from tasks.toolmath import SyntheticMath
@@ -37,40 +37,31 @@ parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "c
 parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
 parser.add_argument("--task", default="auto", choices=["auto", "gsm8k", "synthetic"],
                     help="problems: GSM8K (online) or synthetic word problems; auto = GSM8K if reachable")
-parser.add_argument("--num-steps", type=int, default=200, help="optimizer steps")
-parser.add_argument("--examples-per-step", type=int, default=16, help="problems per step (all processes)")
-parser.add_argument("--num-samples", type=int, default=16, help="completions sampled per problem")
-parser.add_argument("--max-new-tokens", type=int, default=256, help="completion length limit")
+parser.add_argument("--num-steps", type=positive_int, default=200, help="optimizer steps")
+parser.add_argument("--examples-per-step", type=positive_int, default=16, help="problems per step (all processes)")
+parser.add_argument("--num-samples", type=positive_int, default=16, help="completions sampled per problem")
+parser.add_argument("--max-new-tokens", type=positive_int, default=256, help="completion length limit")
 parser.add_argument("-t", "--temperature", type=float, default=1.0, help="sampling temperature")
 parser.add_argument("-k", "--top-k", type=int, default=50, help="sampling top-k (0 = off)")
 parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embedding (scaled by width)")
 parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of the head (scaled by width)")
 parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr of the block matrices")
-parser.add_argument("--init-lr-frac", type=float, default=0.05, help="learning rates relative to the flags above")
+parser.add_argument("--init-lr-frac", type=unit_fraction, default=0.05, help="learning rates relative to the flags above")
 parser.add_argument("--eval-every", type=int, default=50, help="pass@k on held-out problems every N steps (-1 = end)")
-parser.add_argument("--eval-examples", type=int, default=100, help="held-out problems per evaluation")
-parser.add_argument("--eval-samples", type=int, default=4, help="k of pass@k")
+parser.add_argument("--eval-examples", type=positive_int, default=100, help="held-out problems per evaluation")
+parser.add_argument("--eval-samples", type=positive_int, default=4, help="k of pass@k")
 parser.add_argument("--seed", type=int, default=0, help="sampling seed")
 args = parser.parse_args()
-for name in ("num_steps", "examples_per_step", "num_samples", "max_new_tokens", "eval_examples", "eval_samples"):
-    if getattr(args, name) <= 0:
-        parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
 if args.num_samples < 2:
     parser.error("--num-samples must be at least 2 (advantages compare samples of the same problem)")
 setup_logging()
 
 # -------------------------------------------------------------------------------------------------
-ddp, rank, local_rank, world_size, device = compute_init(args.device_type)
-master = rank == 0
-dtype_name, autocast = precision(device.type, args.dtype)
-wandb_run = init_wandb(args.run, master, vars(args), project="nanochat-rl")
-try:
-    model, tokenizer, src_meta = load_model(args.source, device, phase="train", model_tag=args.model_tag,
-                                            step=args.step)
-except CheckpointError as e:
-    raise SystemExit(f"chat_rl: {e}")
+# sampling shapes change every step: no torch.compile here
+run = init_run(args.device_type, args.dtype, "off", args.run, vars(args), project="nanochat-rl")
+device, world_size, rank, autocast = run.device, run.world_size, run.rank, run.autocast
+model, tokenizer, src_meta, model_tag = load_source_or_exit(args.source, device, args.model_tag, args.step, "chat_rl")
 config = model.config
-model_tag = args.model_tag or src_meta["args"].get("model_tag") or f"d{config.n_layer}"
 engine = Engine(model, tokenizer)
 
 train_task = val_task = None
@@ -87,15 +78,13 @@ if args.examples_per_step % world_size != 0:
     parser.error(f"--examples-per-step={args.examples_per_step} must divide by the {world_size} processes")
 per_rank = args.examples_per_step // world_size
 
-optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
-                                    matrix_lr=args.matrix_lr)
-for opt in optimizers:
-    for group in opt.param_groups:
-        group["initial_lr"] = group["lr"] = group["lr"] * args.init_lr_frac
+optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr * args.init_lr_frac,
+                                    embedding_lr=args.embedding_lr * args.init_lr_frac,
+                                    matrix_lr=args.matrix_lr * args.init_lr_frac, muon_ns_dtype=run.ns_dtype)
 
 
 def reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if ddp:
+    if run.ddp:
         dist.all_reduce(t)
     return t
 
@@ -123,8 +112,8 @@ while True:
         history["eval_step"].append(step)
         history["pass_at_k"].append(passk)
         print0(f"step {step:05d}/{args.num_steps:05d} | pass@{args.eval_samples} {passk:.4f}")
-        if wandb_run:
-            wandb_run.log({"step": step, f"val/pass@{args.eval_samples}": passk})
+        if run.wandb:
+            run.wandb.log({"step": step, f"val/pass@{args.eval_samples}": passk})
     if last_step:
         break
 
@@ -152,8 +141,8 @@ while True:
     history["mean_reward"].append(mean_reward)
     print0(f"step {step:05d}/{args.num_steps:05d} | mean reward {mean_reward:.4f} | lrm {lrm:.2f} | "
            f"sampled tokens {int(num_tokens):,} | dt {(time.time() - t0) * 1000:.0f}ms")
-    if wandb_run:
-        wandb_run.log({"step": step, "train/mean_reward": mean_reward, "train/lrm": lrm})
+    if run.wandb:
+        run.wandb.log({"step": step, "train/mean_reward": mean_reward, "train/lrm": lrm})
 
 # -------------------------------------------------------------------------------------------------
 checkpoint_dir = stage_dir("rl") / model_tag
@@ -166,6 +155,6 @@ log_section("Chat RL", [{"source": args.source, "model_tag": model_tag, "task": 
                          "first_mean_reward": history["mean_reward"][0] if history["mean_reward"] else float("nan"),
                          "last_mean_reward": history["mean_reward"][-1] if history["mean_reward"] else float("nan")}])
 print0(f"done: pass@{args.eval_samples} {passk:.4f}; saved {checkpoint_dir}")
-if wandb_run:
-    wandb_run.finish()
+if run.wandb:
+    run.wandb.finish()
 compute_cleanup()

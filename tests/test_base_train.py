@@ -1,13 +1,17 @@
 """base_train end to end on a tiny model: loss falls, checkpoints, exact resume, clear errors."""
 
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_script
+from conftest import REPO, run_script
 
 TINY = ["--depth=1", "--head-dim=32", "--max-seq-len=32", "--device-batch-size=4", "--total-batch-size=256",
         "--eval-tokens=512", "--sample-every=-1", "--device-type=cpu", "--dtype=float32"]
@@ -59,6 +63,29 @@ def test_torchrun_two_processes(tiny_world):
                      base=tiny_world, nproc=2).stdout
     assert "distributed True" in out and len(val_bpbs(out)) == 3
     assert (tiny_world / "base_checkpoints" / "ddp" / "step_000004" / "rank1.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_on_loopback(tiny_world):
+    # the multi-node launch from the README: two torchrun agents (one per "node", one process each)
+    # meet through a c10d rendezvous on 127.0.0.1 and train over gloo
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(tiny_world), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "GLOO_SOCKET_IFNAME": "lo"}
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}",
+                                "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                                "--rdzv-id=two-nodes", "-m", "scripts.base_train", *TINY, "--num-iterations=3",
+                                "--eval-every=-1", "--model-tag=nodes"],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for node in (0, 1)]
+    outs = [agent.communicate(timeout=600) for agent in agents]
+    assert all(agent.returncode == 0 for agent in agents), "\n".join(o + e[-3000:] for o, e in outs)
+    out = "".join(o for o, _ in outs)
+    assert "distributed True" in out and "step 00003/00003" in out
+    assert "× 2 processes" in out
+    assert (tiny_world / "base_checkpoints" / "nodes" / "step_000003" / "rank1.safetensors").is_file()
 
 
 def test_base_loss(tiny_base_checkpoint):

@@ -63,6 +63,35 @@ def test_chat_rl_from_base(chat_base):
     build_model(chat_base / "rl_checkpoints" / "d1", 2, "cpu", tokenizer=Tokenizer.load(chat_base / "tokenizer"))
 
 
+@pytest.mark.slow  # two SFT runs end to end
+def test_chat_sft_resume_and_auto_batch(chat_base, tmp_path):
+    base = tmp_path / "base"  # chat_base without its SFT checkpoints
+    base.mkdir()
+    for entry in chat_base.iterdir():
+        if entry.name != "sft_checkpoints":
+            (base / entry.name).symlink_to(entry)
+    # stop at step 2 (move its checkpoint aside), resume to 4: the same losses as straight through
+    common = [*CPU, "-i", "base", "--target-examples-per-step=4", "--num-iterations=4", "--eval-every=-1",
+              "--eval-examples=2", "--metrics-every=-1", "--metrics-max-problems=2", "--save-every=2"]
+    straight = run_script("scripts.chat_sft", *common, "--device-batch-size=auto", base=base).stdout
+    assert "--device-batch-size auto: 4" in straight  # CPU: the largest candidate up to 8 that divides 4
+    root = base / "sft_checkpoints"
+    (root / "d1").rename(root / "straight")
+    (root / "d1").mkdir()
+    (root / "straight" / "step_000002").rename(root / "d1" / "step_000002")
+    resumed = run_script("scripts.chat_sft", *common, "--device-batch-size=2", "--resume", base=base).stdout
+    assert "resumed from" in resumed
+    # micro-batches of 4 vs 2 add up to the same step: equal up to float rounding
+    assert losses(resumed)[-2:] == pytest.approx(losses(straight)[-2:], rel=1e-4)
+
+
+def test_missing_source_checkpoint_is_one_sentence(tmp_path):
+    for script in ("scripts.mid_train", "scripts.chat_sft"):
+        proc = run_script(script, *CPU, base=tmp_path, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"{script.split('.')[1]}: no checkpoints in")
+
+
 @pytest.mark.slow
 def test_chat_sft_two_processes(chat_base):
     out = run_script("scripts.chat_sft", *CPU, "-i", "base", "--device-batch-size=1", "--target-examples-per-step=4",

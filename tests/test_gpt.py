@@ -2,7 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+import nanochat.gpt as gpt
+from dev.bench_memory import measure_step
 from nanochat.gpt import GPT, GPTConfig, KVCache, sample_next_token
 
 TINY = dict(sequence_len=32, vocab_size=128, n_layer=2, n_head=2, n_kv_head=2, n_embd=64)  # head_dim 32
@@ -67,6 +70,77 @@ def test_forward_backward_shapes_and_reductions():
     torch.testing.assert_close(model(x, y_masked), per_token[:, 16:].mean())
 
 
+def full_logits_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The slow twin of the chunked loss: the whole (B·T, V) logits, then cross-entropy."""
+    logits = model(x)  # (B, T, V)
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-1, reduction=reduction)
+    return loss.view(y.shape) if reduction == "none" else loss
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_chunked_loss_equals_full_logits(monkeypatch, reduction):
+    # 7 rows per chunk: 96 rows make 14 chunks, the last one short
+    monkeypatch.setattr(gpt, "LOSS_CHUNK_BYTES", 7 * 4 * 128)
+    x, y = tokens(3, 32), tokens(3, 32, seed=1)
+    y[0, :20] = -1  # ignore_index
+    upstream = torch.randn(3, 32, generator=torch.Generator().manual_seed(2)) if reduction == "none" else None
+    results = []
+    for chunked in (False, True):
+        model = build()
+        randomise_outputs(model)
+        loss = model(x, y, loss_reduction=reduction) if chunked else full_logits_loss(model, x, y, reduction)
+        loss.backward(upstream)
+        results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    (full, full_grads), (chunked, chunked_grads) = results
+    assert chunked.shape == full.shape
+    torch.testing.assert_close(chunked, full, atol=1e-4, rtol=1e-4)
+    for a, b in zip(chunked_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    if reduction == "none":
+        assert (chunked[0, :20] == 0).all()
+
+
+@pytest.mark.slow  # inductor compiles two graphs: ~20 s of CPU
+def test_chunked_loss_compiled():
+    # torch.compile traces the autograd.Function, both loops unrolled (3 chunks here)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 16, generator=g, requires_grad=True)
+    w = (torch.randn(50, 16, generator=g) * 0.5).requires_grad_()
+    y = torch.randint(0, 50, (40,), generator=g)
+    y[:5] = -1
+    for reduction, upstream in (("mean", torch.tensor(1.0)), ("none", torch.randn(40, generator=g))):
+        logits = gpt.LOGIT_SOFTCAP * torch.tanh(x @ w.t() / gpt.LOGIT_SOFTCAP)
+        full = F.cross_entropy(logits, y, ignore_index=-1, reduction=reduction)
+        compiled = torch.compile(gpt.chunked_cross_entropy, dynamic=False)
+        chunked = compiled(x, w, y, reduction, chunk_bytes=16 * 4 * 50)
+        torch.testing.assert_close(chunked, full, atol=1e-4, rtol=1e-4)
+        for a, b in zip(torch.autograd.grad(chunked, (x, w), upstream), torch.autograd.grad(full, (x, w), upstream)):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_chunked_loss_under_bf16_autocast():
+    # the matmul in bf16, soft-cap and softmax in fp32: as close to the logits path as bf16 allows
+    model = build()
+    randomise_outputs(model)
+    x, y = tokens(2, 32), tokens(2, 32, seed=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        chunked, full = model(x, y), full_logits_loss(model, x, y, "mean")
+    assert chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, full, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow  # ~8 s on an idle 2-core box, 40 s on a loaded one: the head is 4096 × 64 × 65536
+def test_training_step_never_holds_the_full_logits():
+    # B=8, T=512, V=65536: the float32 logits would be one 1 GiB tensor; the model around the head is tiny
+    B, T, V = 8, 512, 65536
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=T, vocab_size=V, n_layer=2, n_head=2, n_kv_head=2, n_embd=64))
+    model.init_weights()
+    x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+    m = measure_step(model, model.setup_optimizers(), x, y, "chunked", torch.float32, warmup=False)
+    assert m["largest"] <= B * T * V * 4 // 4
+
+
 def test_initial_loss_is_uniform():
     # zero head: every logit is 0, so the loss is exactly ln(V)
     model = build()
@@ -117,7 +191,7 @@ def test_from_depth_d20_reference():
     assert (cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.sequence_len) == (1280, 10, 10, 128, 2048)
     with torch.device("meta"):
         model = GPT(cfg)
-    assert 560e6 < model.num_scaling_params() < 562e6  # SPEC §4: ~561M
+    assert 560e6 < model.num_scaling_params() < 562e6  # the reference d20: ~561M
     for depth in range(1, 33):  # every depth gives a valid config
         GPTConfig.from_depth(depth, vocab_size=512)
 
