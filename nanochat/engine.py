@@ -169,7 +169,7 @@ class RowState:
 
 @dataclass
 class SamplingParams:
-    """Per-request sampling. temperature 0 = argmax; top_k 0/None = off; top_p 1 = off."""
+    """Per-request sampling. temperature 0 = argmax; top_k 0/None = off; top_p 1 = off (0 = the top token)."""
 
     temperature: float = 1.0
     top_k: int | None = None
@@ -181,8 +181,8 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 or None, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
 
 
 _MASK64 = (1 << 64) - 1

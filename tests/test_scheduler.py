@@ -111,6 +111,6 @@ def test_rows_keep_their_own_tool_state(tok):
 def test_submit_checks_its_arguments(tok):
     scheduler = Scheduler(Engine(build(tok), tok), slots=2, max_len=16)
     for bad in (dict(prompt=[]), dict(prompt=[1] * 10, max_tokens=7), dict(prompt=[1], max_tokens=0),
-                dict(prompt=[1], n=3), dict(prompt=[1], params=SamplingParams(top_p=0.0))):
+                dict(prompt=[1], n=3), dict(prompt=[1], params=SamplingParams(top_p=1.5))):
         with pytest.raises(ValueError):
             scheduler.submit(**{"params": GREEDY, "max_tokens": 4, **bad})
