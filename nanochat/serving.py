@@ -271,46 +271,38 @@ class TextAssembler:
     `finish_reason` becomes "stop" (an end token or a stop string) the caller stops feeding."""
 
     def __init__(self, tokenizer, stop: list[str] | None = None):
-        from nanochat.engine import StreamDecoder
+        from nanochat.engine import StreamDecoder, ToolCallReader
 
         self.decoder = StreamDecoder(tokenizer)
+        self.reader = ToolCallReader(tokenizer)  # the engine's reading of ends and tool calls
         self.stop = stop or []
         self.pending = ""  # text held back because it may be the start of a stop string
         self.finish_reason: str | None = None
-        sp = {name: tokenizer.encode_special(name) for name in tokenizer.get_special_tokens()}
-        self.end_ids = {sp["<|assistant_end|>"], sp["<|bos|>"]}
-        self.special_ids = set(sp.values())
-        self.markers = {sp["<|python_start|>"]: TOOL_OPEN, sp["<|output_start|>"]: TOOL_EQUALS,
-                        sp["<|output_end|>"]: TOOL_CLOSE}
-        self.python_end, self.output_start = sp["<|python_end|>"], sp["<|output_start|>"]
         self.in_tool = False  # between "[calculator: " and "]"
-        self.after_call = False  # just saw <|python_end|>: the forced output should follow
 
     def feed(self, token: int) -> str:
         if self.finish_reason is not None:
             return ""
-        if token in self.end_ids:
+        kind = self.reader.read(token)
+        if kind == "end":
             self.finish_reason = "stop"
             return self._release(self._close(), final=True)
-        if token not in self.special_ids:
-            if self.after_call:  # a call with no output (should not happen): close it before going on
+        if kind in ("call", "output"):
+            return self._release(self.decoder.feed(token))
+        if kind == "text":
+            if self.in_tool:  # a call with no output (should not happen): close it before going on
                 return self._release(self._close() + self.decoder.feed(token))
             return self._release(self.decoder.feed(token))
         # a special token: whatever bytes were pending belong before it
         text = self.decoder.flush()
-        if token == self.python_end:
-            self.after_call = self.in_tool
-        elif token in self.markers:
-            marker = self.markers[token]
-            if marker == TOOL_OPEN:
-                text += self._close() + marker
-                self.in_tool = True
-            elif marker == TOOL_EQUALS and self.in_tool:
-                text += marker
-                self.after_call = False
-            elif marker == TOOL_CLOSE and self.in_tool:
-                text += marker
-                self.in_tool = self.after_call = False
+        if kind == "call_start":
+            text += self._close() + TOOL_OPEN
+            self.in_tool = True
+        elif kind == "output_start" and self.in_tool:
+            text += TOOL_EQUALS
+        elif kind == "output_end" and self.in_tool:
+            text += TOOL_CLOSE
+            self.in_tool = False
         return self._release(text)
 
     def finish(self) -> str:
@@ -323,7 +315,7 @@ class TextAssembler:
         text = self.decoder.flush()
         if self.in_tool:
             text += TOOL_CLOSE
-        self.in_tool = self.after_call = False
+        self.in_tool = False
         return text
 
     def _release(self, text: str, final: bool = False) -> str:

@@ -114,3 +114,47 @@ def test_submit_checks_its_arguments(tok):
                 dict(prompt=[1], n=3), dict(prompt=[1], params=SamplingParams(top_p=1.5))):
         with pytest.raises(ValueError):
             scheduler.submit(**{"params": GREEDY, "max_tokens": 4, **bad})
+
+
+# -------------------------------------------------------------------------------------------------
+# The server's worker pool on a scheduler (no HTTP: the pool's own API on an event loop)
+
+
+def test_worker_pool_batches_concurrent_requests_and_cancels(tok):
+    import asyncio
+
+    from nanochat.serving import ChatRequest, Metrics, WorkerPool
+
+    model = build(tok)
+    steps_with = []  # how many rows each decode step carried
+    engine = Engine(model, tok)
+    decode = engine.decode
+    engine.decode = lambda tokens, positions: steps_with.append(len(tokens)) or decode(tokens, positions)
+
+    def request(max_tokens: int, seed: int) -> ChatRequest:
+        return ChatRequest([40, 41, 42 + seed], max_tokens, 0.0, 0, seed, [], False, False, "m")
+
+    async def main():
+        metrics = Metrics()
+        pool = WorkerPool(queue_size=4, wait_timeout=30.0, metrics=metrics, slots=4)
+        pool.add_replicas([engine], tok, model.config.sequence_len)
+        try:
+            jobs = [await pool.submit(request(12, i), 0.0) for i in range(3)]
+            long = await pool.submit(request(25, 9), 0.0)
+            assert not pool._free  # four slots, four jobs
+            results = [await job.result() for job in jobs]
+            long.cancel()
+            text, reason, n, error = await long.result()
+            assert error or reason == "stop"  # cancelled mid-way: an error event (unless it had already ended)
+            for _ in range(100):  # the slot comes back through the event loop
+                if len(pool._free) == 4:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(pool._free) == 4 and metrics.kv_slots_used._value.get() == 0
+            return results
+        finally:
+            pool.shutdown()
+
+    results = asyncio.run(main())
+    assert all(reason in ("stop", "length") and error is None for _, reason, _, error in results)
+    assert max(steps_with) == 4  # the four requests decoded together
