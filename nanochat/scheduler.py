@@ -146,3 +146,19 @@ class Scheduler:
         self.free.append(row.slot)
         self.free.sort()
         row.slot = None
+
+
+def run_to_end(engine: Engine, requests: list[tuple[list[int], SamplingParams, int, int]],
+               slots: int = 64) -> list[list[Row]]:
+    """Generate every request (prompt, params, max_tokens, n) with continuous batching over at most
+    `slots` cache rows, admitted in order; returns each request's n finished rows. For offline
+    work (evaluation, RL rollouts): a row's tokens are what it would generate alone."""
+    if not requests:
+        return []
+    max_len = max(len(prompt) + max_tokens for prompt, _, max_tokens, _ in requests)
+    slots = max(min(slots, sum(n for *_, n in requests)), max(n for *_, n in requests))
+    scheduler = Scheduler(engine, slots, max_len)
+    out = [scheduler.submit(prompt, params, max_tokens, n) for prompt, params, max_tokens, n in requests]
+    while scheduler.has_work():
+        scheduler.step()
+    return out
