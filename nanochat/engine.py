@@ -33,7 +33,6 @@ import codecs
 import functools
 import logging
 from collections import deque
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -256,66 +255,72 @@ def sample_tokens(logits: Tensor, params: list[SamplingParams], seeds: list[int]
 # The forward passes over the static cache
 
 
-def _attention_inputs(attn, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The projections of CausalSelfAttention: x (B, T, C) -> q (B, H, T, D), k and v (B, Hkv, T, D)."""
+def _attention_inputs(cfg, w: tuple, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """CausalSelfAttention's projections: x (B, T, C) -> q (B, H, T, D), k and v (B, Hkv, T, D)."""
     B, T, _ = x.shape
-    q = attn.c_q(x).view(B, T, attn.n_head, attn.head_dim)  # (B, T, H, D)
-    k = attn.c_k(x).view(B, T, attn.n_kv_head, attn.head_dim)  # (B, T, Hkv, D)
-    v = attn.c_v(x).view(B, T, attn.n_kv_head, attn.head_dim)  # (B, T, Hkv, D)
+    q = F.linear(x, w[0]).view(B, T, cfg.n_head, cfg.head_dim)  # (B, T, H, D)
+    k = F.linear(x, w[1]).view(B, T, cfg.n_kv_head, cfg.head_dim)  # (B, T, Hkv, D)
+    v = F.linear(x, w[2]).view(B, T, cfg.n_kv_head, cfg.head_dim)  # (B, T, Hkv, D)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     q, k = norm(q).to(v.dtype), norm(k).to(v.dtype)  # QK-norm, as the model
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
-def _logits(model: GPT, x: Tensor) -> Tensor:
-    logits = model.lm_head(norm(x)).float()  # (B, V)
+def _block_tail(w: tuple, x: Tensor, y: Tensor) -> Tensor:
+    """The rest of a Block after attention: y (B, T, C) is the heads' output, x the fp32 residual."""
+    x = x + F.linear(y, w[3])
+    h = F.linear(norm(x).to(w[4].dtype), w[4])
+    return x + F.linear(F.relu(h).square(), w[5])  # ReLU² MLP
+
+
+def _logits(w: dict, x: Tensor) -> Tensor:
+    logits = F.linear(norm(x).to(w["lm_head"].dtype), w["lm_head"]).float()  # (B, V)
     return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
 
 
-def decode_step(model: GPT, k_cache: Tensor, v_cache: Tensor, tokens: Tensor, pos: Tensor, length: int) -> Tensor:
+def decode_step(model: GPT, w: dict, k_cache: Tensor, v_cache: Tensor, tokens: Tensor, pos: Tensor,
+                length: int) -> Tensor:
     """One token for each of the first B slots: tokens, pos (B,) -> logits (B, V) float32.
 
     Row b's token sits at position pos[b]; its key and value are written there, and it attends
     over cache positions [0, length) where position <= pos[b]. Every shape depends on (B, length)
-    only, never on the rows' positions, which is what lets one compiled graph serve every step."""
-    B = tokens.size(0)
+    only, never on the rows' positions, which is what lets one compiled graph serve every step.
+    `w` holds the weights in the compute dtype; the residual stream stays float32, as under autocast."""
+    cfg, B = model.config, tokens.size(0)
     cos = model.cos[0, pos].unsqueeze(1)  # (B, 1, 1, D/2): each row's own angle
     sin = model.sin[0, pos].unsqueeze(1)
     mask = torch.arange(length, device=tokens.device)[None, :] <= pos[:, None]  # (B, length), True = attend
     mask = mask[:, None, None, :]  # (B, 1, 1, length)
     rows = torch.arange(B, device=tokens.device)
-    x = norm(model.transformer.wte(tokens[:, None]))  # (B, 1, C)
-    for i, block in enumerate(model.transformer.h):
-        attn = block.attn
-        q, k, v = _attention_inputs(attn, norm(x), cos, sin)  # (B, H, 1, D), (B, Hkv, 1, D) x2
-        k_cache[i, rows, :, pos] = k[:, :, 0].to(k_cache.dtype)  # (B, Hkv, D) into each row's position
-        v_cache[i, rows, :, pos] = v[:, :, 0].to(v_cache.dtype)
+    x = norm(F.embedding(tokens[:, None], w["wte"]).float())  # (B, 1, C)
+    for i, lw in enumerate(w["layers"]):
+        q, k, v = _attention_inputs(cfg, lw, norm(x).to(lw[0].dtype), cos, sin)  # (B, H, 1, D), (B, Hkv, 1, D) x2
+        k_cache[i, rows, :, pos] = k[:, :, 0]  # (B, Hkv, D) into each row's position
+        v_cache[i, rows, :, pos] = v[:, :, 0]
         keys, values = k_cache[i, :B, :, :length], v_cache[i, :B, :, :length]  # (B, Hkv, length, D)
-        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
-                                           enable_gqa=attn.n_kv_head != attn.n_head)  # (B, H, 1, D)
-        x = x + attn.c_proj(y.transpose(1, 2).reshape(B, 1, -1))
-        x = x + block.mlp(norm(x))
-    return _logits(model, x[:, 0])
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                           enable_gqa=cfg.n_kv_head != cfg.n_head)  # (B, H, 1, D)
+        x = _block_tail(lw, x, y.transpose(1, 2).reshape(B, 1, -1))
+    return _logits(w, x[:, 0])
 
 
-def prefill_chunk(model: GPT, k_cache: Tensor, v_cache: Tensor, slot: int, tokens: Tensor, start: int) -> Tensor:
+def prefill_chunk(model: GPT, w: dict, k_cache: Tensor, v_cache: Tensor, slot: int, tokens: Tensor,
+                  start: int) -> Tensor:
     """Tokens (T,) at positions start..start+T-1 of `slot`: cache their keys, return the last one's logits (V,)."""
-    T = tokens.size(0)
+    cfg, T = model.config, tokens.size(0)
     end = start + T
     cos, sin = model.cos[:, start:end], model.sin[:, start:end]  # (1, T, 1, D/2)
     mask = torch.arange(end, device=tokens.device)[None, :] <= start + torch.arange(T, device=tokens.device)[:, None]
-    x = norm(model.transformer.wte(tokens[None]))  # (1, T, C)
-    for i, block in enumerate(model.transformer.h):
-        attn = block.attn
-        q, k, v = _attention_inputs(attn, norm(x), cos, sin)  # (1, H, T, D), (1, Hkv, T, D) x2
-        k_cache[i, slot, :, start:end] = k[0].to(k_cache.dtype)
-        v_cache[i, slot, :, start:end] = v[0].to(v_cache.dtype)
+    x = norm(F.embedding(tokens[None], w["wte"]).float())  # (1, T, C)
+    for i, lw in enumerate(w["layers"]):
+        q, k, v = _attention_inputs(cfg, lw, norm(x).to(lw[0].dtype), cos, sin)  # (1, H, T, D), (1, Hkv, T, D) x2
+        k_cache[i, slot, :, start:end] = k[0]
+        v_cache[i, slot, :, start:end] = v[0]
         keys, values = k_cache[i, slot:slot + 1, :, :end], v_cache[i, slot:slot + 1, :, :end]  # (1, Hkv, end, D)
-        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
-                                           enable_gqa=attn.n_kv_head != attn.n_head)  # (1, H, T, D)
-        x = x + attn.c_proj(y.transpose(1, 2).reshape(1, T, -1))
-        x = x + block.mlp(norm(x))
-    return _logits(model, x[:, -1])[0]
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                           enable_gqa=cfg.n_kv_head != cfg.n_head)  # (1, H, T, D)
+        x = _block_tail(lw, x, y.transpose(1, 2).reshape(1, T, -1))
+    return _logits(w, x[:, -1])[0]
 
 
 def bucket(n: int, cap: int, least: int = 1) -> int:
@@ -334,16 +339,22 @@ class Engine:
     """The model, its static KV cache and the decode step: the slot-level machine under the
     scheduler. Not thread-safe: one scheduler (one thread) drives one engine.
 
-    compile=True compiles the decode step with torch.compile (CUDA: mode="reduce-overhead", i.e.
-    CUDA graphs over the cache buffers, whose addresses never change until the cache grows).
-    `autocast` (e.g. training.precision(...)[1]) is entered around every forward."""
+    `dtype` is the compute dtype (weights, activations, cache); None follows the caller's autocast
+    when the cache is set up (bf16 inside torch.autocast(dtype=torch.bfloat16)), else the model's
+    own. The weights are cast once, not at every step as autocast would, and cast again only when a
+    parameter changed in place (RL trains the model between rollouts). compile=True compiles the
+    decode step with torch.compile; on CUDA with mode="reduce-overhead", i.e. CUDA graphs, whose
+    inputs (cache, cast weights) keep their addresses from step to step."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, compile: bool = False, autocast=None):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, dtype: torch.dtype | None = None, compile: bool = False):
         self.model = model
         self.tokenizer = tokenizer
-        self.autocast = autocast if autocast is not None else nullcontext()
+        self.requested_dtype = dtype
+        self.dtype = model.transformer.wte.weight.dtype
         self.k_cache: Tensor | None = None  # (L, S, Hkv, T, D)
         self.v_cache: Tensor | None = None
+        self._weights: dict | None = None
+        self._casts: list[tuple[Tensor, int, Tensor]] = []  # (parameter, its _version when cast, the copy)
         self._step = decode_step
         if compile:
             cuda = model.get_device().type == "cuda"
@@ -363,30 +374,57 @@ class Engine:
         return self.model.cos.size(1)
 
     def reserve(self, slots: int, max_len: int) -> None:
-        """Make the cache hold at least `slots` rows of `max_len` positions (reallocating, which
-        forgets what it held, only when it is smaller)."""
+        """Make the cache hold at least `slots` rows of `max_len` positions in the compute dtype
+        (reallocating, which forgets what it held, only when it is too small or of another dtype)."""
         if max_len > self.positions:
             raise ValueError(f"a cache of {max_len} positions is past the model's {self.positions}")
+        cfg, device = self.model.config, self.model.get_device()
+        dtype = self.requested_dtype or (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+                                         else self.model.transformer.wte.weight.dtype)
+        if dtype != self.dtype:
+            self.dtype, self._weights, self._casts = dtype, None, []
+            self.k_cache = self.v_cache = None
         if self.k_cache is not None and self.slots >= slots and self.max_len >= max_len:
             return
-        cfg, device = self.model.config, self.model.get_device()
         slots, max_len = max(slots, self.slots), max(max_len, self.max_len)
-        with self.autocast:  # the dtype the attention produces: bf16 under bf16 autocast
-            dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else \
-                self.model.transformer.wte.weight.dtype
         shape = (cfg.n_layer, slots, cfg.n_kv_head, max_len, cfg.head_dim)
         self.k_cache = self.v_cache = None  # free the old one first
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)  # (L, S, Hkv, T, D)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
 
+    def weights(self) -> dict:
+        """The model's weights in the compute dtype: {"wte", "lm_head", "layers": [(q, k, v, proj, fc, mlp_proj)]}."""
+        if self._weights is None:
+            m = self.model
+
+            def cast(p: Tensor) -> Tensor:
+                if p.dtype == self.dtype:
+                    return p
+                copy = p.detach().to(self.dtype)
+                self._casts.append((p, p._version, copy))
+                return copy
+
+            self._weights = {"wte": cast(m.transformer.wte.weight), "lm_head": cast(m.lm_head.weight), "layers": [
+                tuple(cast(lin.weight) for lin in (b.attn.c_q, b.attn.c_k, b.attn.c_v, b.attn.c_proj, b.mlp.c_fc,
+                                                   b.mlp.c_proj)) for b in m.transformer.h]}
+        for i, (p, version, copy) in enumerate(self._casts):
+            if p._version != version:  # trained since: copy in place, so the addresses stay
+                copy.copy_(p.detach())
+                self._casts[i] = (p, p._version, copy)
+        return self._weights
+
+    def _no_autocast(self):
+        return torch.autocast(self.model.get_device().type, enabled=False)  # the dtypes are explicit
+
     @torch.inference_mode()
     def prefill(self, slot: int, tokens: list[int]) -> Tensor:
         """Cache `tokens` at positions 0.. of `slot`; the logits (V,) after the last one."""
         ids = torch.tensor(tokens, dtype=torch.long, device=self.model.get_device())
-        with self.autocast:
+        w = self.weights()
+        with self._no_autocast():
             for start in range(0, len(tokens), PREFILL_CHUNK):
-                logits = prefill_chunk(self.model, self.k_cache, self.v_cache, slot, ids[start:start + PREFILL_CHUNK],
-                                       start)
+                logits = prefill_chunk(self.model, w, self.k_cache, self.v_cache, slot,
+                                       ids[start:start + PREFILL_CHUNK], start)
         return logits
 
     @torch.inference_mode()
@@ -405,8 +443,9 @@ class Engine:
         device = self.model.get_device()
         tok = torch.tensor(tokens + [0] * (B - n), dtype=torch.long, device=device)  # (B,)
         pos = torch.tensor(positions + [0] * (B - n), dtype=torch.long, device=device)  # (B,)
-        with self.autocast:
-            logits = self._step(self.model, self.k_cache, self.v_cache, tok, pos, length)
+        w = self.weights()
+        with self._no_autocast():
+            logits = self._step(self.model, w, self.k_cache, self.v_cache, tok, pos, length)
         return logits[:n]
 
     # --- one prompt, n samples: the scheduler run to the end -----------------------------------

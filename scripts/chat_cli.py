@@ -56,8 +56,8 @@ except CheckpointError as e:
 except TokenizerError as e:
     raise SystemExit(f"chat_cli: {e}") from None
 # bf16 matmuls on GPUs that have them (SM80+); CPU ("auto" would time its matmuls first) and older GPUs float32
-_, autocast = precision(device_type, "auto" if device_type == "cuda" else "float32")
-engine = Engine(model, tokenizer, autocast=autocast)
+dtype_name, _ = precision(device_type, "auto" if device_type == "cuda" else "float32")
+engine = Engine(model, tokenizer, dtype=getattr(torch, dtype_name))
 context = model.config.sequence_len
 chat = args.source != "base"
 

@@ -91,8 +91,8 @@ def load_replicas():
         model, tokenizer, _ = load_model(args.source, device, phase="eval", model_tag=model_tag, step=step)
         # bf16 on SM80+ GPUs, float32 elsewhere (on CPU, "auto" would time matmuls first); compiled with CUDA
         # graphs on CUDA (on CPU compiling costs a minute per batch/length bucket)
-        _, autocast = precision(device.type, "auto" if device.type == "cuda" else "float32")
-        engines.append(Engine(model, tokenizer, compile=device.type == "cuda", autocast=autocast))
+        dtype_name, _ = precision(device.type, "auto" if device.type == "cuda" else "float32")
+        engines.append(Engine(model, tokenizer, dtype=getattr(torch, dtype_name), compile=device.type == "cuda"))
     print0(f"loaded {model_name} on {', '.join(map(str, devices))}")
     return engines, tokenizer, model.config.sequence_len
 

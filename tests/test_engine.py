@@ -321,3 +321,22 @@ def test_stream_decoder_holds_back_split_characters(tok):
     assert dec.flush() == "\ufffd"  # a stream that ends mid-character
     assert dec.feed(ord("a")) == "a"  # flush reset it
     assert StreamDecoder(tok).feed(0xFF) == "\ufffd"  # invalid byte
+
+
+def test_bf16_engine_casts_once_and_follows_training(tok):
+    model = build(tok)
+    prompt = [40, 41, 42]
+    engine = Engine(model, tok, dtype=torch.bfloat16)
+    seqs, _ = engine.generate_batch(prompt, max_tokens=8, temperature=0.0)
+    assert engine.k_cache.dtype == torch.bfloat16 and engine.weights()["lm_head"].dtype == torch.bfloat16
+    # an in-place update (an optimizer step) reaches the cast copy; a fresh engine agrees
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)
+    again, _ = engine.generate_batch(prompt, max_tokens=8, temperature=0.0)
+    fresh, _ = Engine(model, tok, dtype=torch.bfloat16).generate_batch(prompt, max_tokens=8, temperature=0.0)
+    assert again == fresh and again != seqs
+    # dtype None follows the caller's autocast
+    auto = Engine(model, tok)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under, _ = auto.generate_batch(prompt, max_tokens=8, temperature=0.0)
+    assert auto.dtype == torch.bfloat16 and under == fresh
