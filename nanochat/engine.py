@@ -355,9 +355,11 @@ class Engine:
         self.v_cache: Tensor | None = None
         self._weights: dict | None = None
         self._casts: list[tuple[Tensor, int, Tensor]] = []  # (parameter, its _version when cast, the copy)
+        self.compiled = compile
         self._step = decode_step
         if compile:
             cuda = model.get_device().type == "cuda"
+            # one graph per (batch bucket, length bucket); CUDA graphs replay each with no launch overhead
             self._step = torch.compile(decode_step, mode="reduce-overhead" if cuda else None, dynamic=False)
 
     @property
@@ -391,6 +393,14 @@ class Engine:
         self.k_cache = self.v_cache = None  # free the old one first
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)  # (L, S, Hkv, T, D)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self._static(self.k_cache, self.v_cache)
+
+    def _static(self, *tensors: Tensor) -> None:
+        """Tell torch.compile these keep their address (CUDA graphs then read them in place
+        instead of copying them in before every replay; the cache is written in place)."""
+        if self.compiled:
+            for t in tensors:
+                torch._dynamo.mark_static_address(t)
 
     def weights(self) -> dict:
         """The model's weights in the compute dtype: {"wte", "lm_head", "layers": [(q, k, v, proj, fc, mlp_proj)]}."""
@@ -407,6 +417,7 @@ class Engine:
             self._weights = {"wte": cast(m.transformer.wte.weight), "lm_head": cast(m.lm_head.weight), "layers": [
                 tuple(cast(lin.weight) for lin in (b.attn.c_q, b.attn.c_k, b.attn.c_v, b.attn.c_proj, b.mlp.c_fc,
                                                    b.mlp.c_proj)) for b in m.transformer.h]}
+            self._static(self._weights["wte"], self._weights["lm_head"], *(t for lw in self._weights["layers"] for t in lw))
         for i, (p, version, copy) in enumerate(self._casts):
             if p._version != version:  # trained since: copy in place, so the addresses stay
                 copy.copy_(p.detach())
@@ -445,7 +456,14 @@ class Engine:
         pos = torch.tensor(positions + [0] * (B - n), dtype=torch.long, device=device)  # (B,)
         w = self.weights()
         with self._no_autocast():
-            logits = self._step(self.model, w, self.k_cache, self.v_cache, tok, pos, length)
+            try:
+                logits = self._step(self.model, w, self.k_cache, self.v_cache, tok, pos, length)
+            except Exception as e:  # a compiler that fails here (no C compiler, an unsupported GPU) costs speed only
+                if self._step is decode_step:
+                    raise
+                logger.warning("compiling the decode step failed (%s: %s); decoding eagerly", type(e).__name__, e)
+                self._step = decode_step
+                logits = decode_step(self.model, w, self.k_cache, self.v_cache, tok, pos, length)
         return logits[:n]
 
     # --- one prompt, n samples: the scheduler run to the end -----------------------------------

@@ -340,3 +340,15 @@ def test_bf16_engine_casts_once_and_follows_training(tok):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under, _ = auto.generate_batch(prompt, max_tokens=8, temperature=0.0)
     assert auto.dtype == torch.bfloat16 and under == fresh
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_matches_eager(tok):
+    # torch.compile on CPU (inductor, C++): about a minute per (batch, length) bucket on a busy box
+    model = build(tok)
+    prompt = [40, 41, 42]
+    compiled = Engine(model, tok, compile=True)
+    seqs, _ = compiled.generate_batch(prompt, num_samples=2, max_tokens=12, temperature=0.0)
+    assert compiled._step is not engine_module.decode_step, "the compiled step fell back to eager"
+    eager, _ = Engine(model, tok).generate_batch(prompt, num_samples=2, max_tokens=12, temperature=0.0)
+    assert seqs == eager
