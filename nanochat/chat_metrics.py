@@ -88,8 +88,10 @@ def sample_many(engine, tokenizer, prompts: list[list[int]], num_samples: int, m
 def generative_pass(engine, tokenizer, task, indices: list[int], num_samples: int = 1, max_tokens: int = 256,
                     temperature: float = 0.0, top_k: int | None = None, seed: int = 42) -> tuple[int, int]:
     """(solved, total) over task[indices]: a problem is solved when any of its samples passes (pass@k)."""
+    from nanochat.engine import special_tokens
+
     bos = tokenizer.get_bos_token_id()
-    stop = {tokenizer.encode_special("<|assistant_end|>"), bos}
+    stop = special_tokens(tokenizer).ends
     conversations = [task[i] for i in indices]
     prompts = [fit_prompt(tokenizer.render_for_completion(c), engine.model.config.sequence_len, bos)
                for c in conversations]

@@ -14,6 +14,7 @@ import torch
 
 from nanochat.chat_metrics import fit_prompt, sample_many
 from nanochat.dataloader import padded_batch
+from nanochat.engine import special_tokens
 
 
 @dataclass
@@ -43,10 +44,10 @@ def rollouts(engine, tokenizer, task, indices: list[int], num_samples: int, max_
     seeds = list(indices) if seeds is None else seeds
     with autocast or nullcontext():
         samples = sample_many(engine, tokenizer, prompts, num_samples, max_tokens, temperature, top_k, seeds)
-    end = tokenizer.encode_special("<|assistant_end|>")
+    ends = special_tokens(tokenizer).ends
     out = []
     for conversation, prompt, (ids, masks, _) in zip(conversations, prompts, samples):
-        texts = [tokenizer.decode([t for t in c if t not in (bos, end)]) for c in ids]
+        texts = [tokenizer.decode([t for t in c if t not in ends]) for c in ids]
         rewards = torch.tensor([float(task.reward(conversation, t)) for t in texts])
         out.append(Rollout(prompt, ids, masks, rewards))
     return out
