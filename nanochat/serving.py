@@ -589,7 +589,11 @@ class WorkerPool:
                 req = job.request
                 self._start(job)
                 params = SamplingParams(req.temperature, req.top_k, req.top_p, req.seed)
-                (row,) = scheduler.submit(req.prompt_ids, params, max_tokens=req.max_tokens)
+                try:
+                    (row,) = scheduler.submit(req.prompt_ids, params, max_tokens=req.max_tokens)
+                except ValueError as e:  # validation should have caught it; never let it stop the thread
+                    self._finish(replica, job, "error", f"the request cannot be generated: {e}"[:500])
+                    continue
                 replica.jobs[row] = job
             for row, job in replica.jobs.items():
                 if job.cancelled.is_set():
