@@ -232,10 +232,13 @@ def sample_tokens(logits: Tensor, params: list[SamplingParams], seeds: list[int]
     else:
         values, ids = torch.sort(logits, dim=-1, descending=True)  # (B, V)
     K = values.size(1)
-    f32 = dict(dtype=torch.float32, device=device)
-    temperature = torch.tensor([p.temperature or 1.0 for p in params], **f32)[:, None]  # (B, 1); 0 handled below
-    top_k = torch.tensor([min(k, K) for k in ks], dtype=torch.long, device=device)[:, None]  # (B, 1)
-    top_p = torch.tensor([p.top_p for p in params], **f32)[:, None]  # (B, 1)
+    # the per-row settings in two host->device copies (each copy of a Python list is a sync on CUDA)
+    ints = torch.tensor([[min(k, K) for k in ks], seeds, counters, [p.temperature == 0 for p in params]],
+                        dtype=torch.long).to(device, non_blocking=True)  # (4, B)
+    floats = torch.tensor([[p.temperature or 1.0 for p in params], [p.top_p for p in params]],
+                          dtype=torch.float32).to(device, non_blocking=True)  # (2, B); temperature 0 handled below
+    top_k, seed_t, counts, cold = ints[0, :, None], ints[1], ints[2], ints[3].bool()
+    temperature, top_p = floats[0, :, None], floats[1, :, None]  # (B, 1) each
     rank = torch.arange(K, device=device)[None, :]  # (1, K)
     scores = values.float() / temperature  # (B, K)
     scores = scores.masked_fill(rank >= top_k, float("-inf"))
@@ -243,11 +246,8 @@ def sample_tokens(logits: Tensor, params: list[SamplingParams], seeds: list[int]
         probs = F.softmax(scores, dim=-1)  # (B, K)
         before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
         scores = scores.masked_fill((before >= top_p) & (rank > 0), float("-inf"))
-    seed_t = torch.tensor(seeds, dtype=torch.long, device=device)
-    counts = torch.tensor(counters, dtype=torch.long, device=device)
     choice = (scores + row_noise(seed_t, counts, ids)).argmax(dim=-1, keepdim=True)  # (B, 1) into the K
     sampled = ids.gather(-1, choice)[:, 0]  # (B,)
-    cold = torch.tensor([p.temperature == 0 for p in params], device=device)
     return torch.where(cold, greedy, sampled).tolist()
 
 
@@ -452,8 +452,8 @@ class Engine:
         B = bucket(n, self.slots)
         length = bucket(max(positions) + 1, self.max_len, MIN_LENGTH_BUCKET)
         device = self.model.get_device()
-        tok = torch.tensor(tokens + [0] * (B - n), dtype=torch.long, device=device)  # (B,)
-        pos = torch.tensor(positions + [0] * (B - n), dtype=torch.long, device=device)  # (B,)
+        pad = [0] * (B - n)
+        tok, pos = torch.tensor([tokens + pad, positions + pad], dtype=torch.long).to(device)  # (B,) each
         w = self.weights()
         with self._no_autocast():
             try:
