@@ -121,9 +121,13 @@ def engine_variant(engine) -> callable:
     return run
 
 
-variants = {"before": before, "after": engine_variant(Engine(model, tokenizer))}
+engines = {"after": Engine(model, tokenizer)}
 if not args.no_compile:
-    variants["compiled"] = engine_variant(Engine(model, tokenizer, compile=True))
+    engines["compiled"] = Engine(model, tokenizer, compile=True)
+with autocast:  # the largest cache first: a cache that grows later would recompile every graph
+    for engine in engines.values():
+        engine.reserve(max(args.batch_sizes), len(prompt) + args.max_new_tokens)
+variants = {"before": before, **{name: engine_variant(engine) for name, engine in engines.items()}}
 
 
 def load_nanochat(path: str):
