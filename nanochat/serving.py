@@ -464,14 +464,18 @@ class WorkerPool:
 
     def add_replicas(self, engines: list, tokenizer, context_len: int) -> None:
         self.tokenizer, self.context_len = tokenizer, context_len
+        new = []
         for engine in engines:
             replica = Replica(engine, str(len(self.replicas)), self.slots, context_len)
             run = self._run_scheduler if replica.scheduler is not None else self._run_serial
             replica.thread = threading.Thread(target=run, args=(replica,), name=f"replica-{replica.name}", daemon=True)
             replica.thread.start()
             self.replicas.append(replica)
-            for _ in range(replica.capacity):
-                self.release(replica)
+            new.append(replica)
+        for i in range(max((r.capacity for r in new), default=0)):  # interleaved: requests spread over replicas
+            for replica in new:
+                if i < replica.capacity:
+                    self.release(replica)
         self.metrics.replicas.set(len(self.replicas))
         self.metrics.kv_slots.set(sum(r.capacity for r in self.replicas))
 
