@@ -356,11 +356,17 @@ class Engine:
         self._weights: dict | None = None
         self._casts: list[tuple[Tensor, int, Tensor]] = []  # (parameter, its _version when cast, the copy)
         self.compiled = compile
+        cuda = model.get_device().type == "cuda"
+        # On CUDA the compiled step attends over the whole cache: one graph per batch bucket (a handful
+        # to capture), and reading the unused positions costs little next to reading the weights.
+        # Elsewhere the attended length is bucketed too, since there attention work is what costs.
+        self.full_length = compile and cuda
         self._step = decode_step
         if compile:
-            cuda = model.get_device().type == "cuda"
             # one graph per (batch bucket, length bucket); CUDA graphs replay each with no launch overhead
             self._step = torch.compile(decode_step, mode="reduce-overhead" if cuda else None, dynamic=False)
+            # dynamo's default of 8 graphs per function would send the other buckets back to eager
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
     @property
     def slots(self) -> int:
@@ -450,7 +456,7 @@ class Engine:
         padding: any token, position 0). Returns logits (len(tokens), V) float32."""
         n = len(tokens)
         B = bucket(n, self.slots)
-        length = bucket(max(positions) + 1, self.max_len, MIN_LENGTH_BUCKET)
+        length = self.max_len if self.full_length else bucket(max(positions) + 1, self.max_len, MIN_LENGTH_BUCKET)
         device = self.model.get_device()
         pad = [0] * (B - n)
         tok, pos = torch.tensor([tokens + pad, positions + pad], dtype=torch.long).to(device)  # (B,) each
@@ -465,6 +471,21 @@ class Engine:
                 self._step = decode_step
                 logits = decode_step(self.model, w, self.k_cache, self.v_cache, tok, pos, length)
         return logits[:n]
+
+    def warmup(self) -> None:
+        """Run the decode step once for every batch bucket of the cache (and, where lengths are
+        bucketed, every length bucket), so compiling and CUDA-graph capture happen now rather than
+        in the middle of someone's reply. The keys it writes are never read: a row attends only
+        to positions it has written itself."""
+        B, lengths = 1, [self.max_len] if self.full_length else sorted(
+            {bucket(n, self.max_len, MIN_LENGTH_BUCKET) for n in range(1, self.max_len + 1)})
+        while True:
+            n = min(B, self.slots)
+            for length in lengths:
+                self.decode([0] * n, [length - 1] + [0] * (n - 1))
+            if n == self.slots:
+                return
+            B *= 2
 
     # --- one prompt, n samples: the scheduler run to the end -----------------------------------
 

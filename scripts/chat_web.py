@@ -92,7 +92,11 @@ def load_replicas():
         # bf16 on SM80+ GPUs, float32 elsewhere (on CPU, "auto" would time matmuls first); compiled with CUDA
         # graphs on CUDA (on CPU compiling costs a minute per batch/length bucket)
         dtype_name, _ = precision(device.type, "auto" if device.type == "cuda" else "float32")
-        engines.append(Engine(model, tokenizer, dtype=getattr(torch, dtype_name), compile=device.type == "cuda"))
+        engine = Engine(model, tokenizer, dtype=getattr(torch, dtype_name), compile=device.type == "cuda")
+        if device.type == "cuda":  # compile and capture every batch size now, while /health says "loading"
+            engine.reserve(args.slots, model.config.sequence_len)
+            engine.warmup()
+        engines.append(engine)
     print0(f"loaded {model_name} on {', '.join(map(str, devices))}")
     return engines, tokenizer, model.config.sequence_len
 

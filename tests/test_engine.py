@@ -352,3 +352,19 @@ def test_compiled_decode_step_matches_eager(tok):
     assert compiled._step is not engine_module.decode_step, "the compiled step fell back to eager"
     eager, _ = Engine(model, tok).generate_batch(prompt, num_samples=2, max_tokens=12, temperature=0.0)
     assert seqs == eager
+
+
+def test_warmup_touches_every_bucket_and_changes_nothing(tok):
+    model = build(tok)
+    engine = Engine(model, tok)
+    shapes = []
+    step = engine._step
+    engine._step = lambda m, w, k, v, tokens, pos, length: shapes.append((len(tokens), length)) or \
+        step(m, w, k, v, tokens, pos, length)
+    engine.reserve(4, 100)
+    engine.warmup()
+    assert sorted(set(shapes)) == [(b, n) for b in (1, 2, 4) for n in (64, 100)]
+    prompt = [40, 41, 42]
+    seqs, _ = engine.generate_batch(prompt, num_samples=3, max_tokens=10, temperature=0.0)
+    ref = list(model.generate(prompt, max_tokens=10, temperature=0.0))
+    assert all(s[len(prompt):] == ref[:len(s) - len(prompt)] for s in seqs)
