@@ -1,20 +1,21 @@
-"""Serving benchmark: time to first token, inter-token latency and throughput of scripts.chat_web
-under concurrent load on loopback, streaming vs non-streaming, 1 vs N clients, against the bare
+"""Serving benchmark: aggregate throughput, time to first token and inter-token latency of
+scripts.chat_web under 1, 4, 16 and 64 concurrent streaming clients on loopback, against the bare
 Engine in the same run (the serving overhead).
 
-    python -m dev.bench_serve                          # synthetic d4 model, CPU, about a minute
-    python -m dev.bench_serve --concurrency 1 2 8 --requests 16 --max-tokens 128
-    python -m dev.bench_serve -i sft --device-type cuda --num-gpus 8 --concurrency 1 8 32 --max-tokens 256
+    python -m dev.bench_serve                          # synthetic d4 model, CPU, a few minutes
+    python -m dev.bench_serve --concurrency 1 16 --max-tokens 128
+    python -m dev.bench_serve -i sft --device-type cuda --concurrency 1 8 64 --max-tokens 256
 
 By default the model is synthetic: a tokenizer trained on this file and a randomly initialised
 --depth model in a temporary base dir (its zero-initialised head makes every logit equal, so at
 temperature 0 each reply is exactly --max-tokens long and runs are comparable). With -i it serves
 that stage's checkpoint from $NANOCHAT_BASE_DIR instead (replies may then end early).
 
-Each scenario sends --requests requests from `concurrency` client threads (one replica serves
-them one at a time, so concurrency shows up as queueing in TTFT and as batch-1 throughput).
-Per request: TTFT = send to first content chunk (streaming only), ITL = mean gap between content
-chunks after the first, latency = send to last byte. Throughput = completion tokens / wall time.
+Each scenario sends max(--requests, 2 x clients) streaming requests from `concurrency` client
+threads; the replica batches up to --slots of them at once (continuous batching). TTFT = send to
+first content chunk; ITL = every gap between consecutive content chunks of a reply, pooled over
+the scenario's replies (p50 and p99); latency = send to last byte. Throughput = completion tokens
+of all replies / wall time.
 The peer row is Engine.generate in this process with the same prompt and length (no HTTP, no
 queue, no detokenizing). Every loop is bounded; the server is stopped at the end. Ends with one
 JSON line.
@@ -45,8 +46,9 @@ parser.add_argument("--depth", type=int, default=4, help="depth of the synthetic
 parser.add_argument("--seq-len", type=int, default=512, help="context of the synthetic model")
 parser.add_argument("--device-type", default="cpu", choices=["cpu", "cuda", "mps"], help="device of the server")
 parser.add_argument("--num-gpus", type=int, default=1, help="server replicas (CUDA only)")
-parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4], help="client counts to compare")
-parser.add_argument("--requests", type=int, default=8, help="requests per scenario")
+parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64], help="client counts to compare")
+parser.add_argument("--requests", type=int, default=8, help="requests per scenario (at least 2 per client)")
+parser.add_argument("--slots", type=int, default=None, help="server slots per replica (default: the most clients)")
 parser.add_argument("--max-tokens", type=int, default=64, help="tokens per reply")
 parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per request")
 args = parser.parse_args()
@@ -138,7 +140,8 @@ def start_server() -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "scripts.chat_web", "-i", source, f"--device-type={args.device_type}",
            f"--num-gpus={args.num_gpus}", f"--port={port}", f"--queue-size={4 * max(args.concurrency)}",
-           f"--queue-timeout={args.timeout}", f"--max-tokens={args.max_tokens}"]
+           f"--queue-timeout={args.timeout}", f"--max-tokens={args.max_tokens}",
+           f"--slots={args.slots or max(args.concurrency)}"]
     if model_tag:
         cmd += ["-g", model_tag]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -174,7 +177,7 @@ def one_request(addr: str, stream: bool) -> dict:
     host, port = addr.split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=args.timeout)
     t0 = time.perf_counter()
-    out = {"ok": False, "tokens": 0, "ttft": None, "itl": None}
+    out = {"ok": False, "tokens": 0, "ttft": None, "gaps": []}
     try:
         payload = {**PAYLOAD, "stream": stream, "stream_options": {"include_usage": True}} if stream else PAYLOAD
         conn.request("POST", "/v1/chat/completions", body=json.dumps(payload),
@@ -200,8 +203,7 @@ def one_request(addr: str, stream: bool) -> dict:
             out["ok"] = True
             if stamps:
                 out["ttft"] = stamps[0] - t0
-                gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-                out["itl"] = statistics.mean(gaps) if gaps else None
+                out["gaps"] = [b - a for a, b in zip(stamps, stamps[1:])]
     except (OSError, ValueError, KeyError) as e:
         out["error"] = f"{type(e).__name__}: {e}"
     finally:
@@ -213,7 +215,7 @@ def one_request(addr: str, stream: bool) -> dict:
 def scenario(addr: str, concurrency: int, stream: bool) -> dict:
     results: list[dict] = []
     lock = threading.Lock()
-    todo = list(range(args.requests))
+    todo = list(range(max(args.requests, 2 * concurrency)))
 
     def client():
         while True:
@@ -238,14 +240,19 @@ def scenario(addr: str, concurrency: int, stream: bool) -> dict:
         values = sorted(r[key] for r in ok if r[key] is not None)
         return 1000 * values[min(len(values) - 1, int(q * len(values)))] if values else None
 
+    gaps = sorted(g for r in ok for g in r["gaps"])
+
+    def itl(q: float) -> float | None:
+        return 1000 * gaps[min(len(gaps) - 1, int(q * len(gaps)))] if gaps else None
+
     tokens = sum(r["tokens"] for r in ok)
     errors = sorted({str(r.get("status") or r.get("error")) for r in results if not r["ok"]})
     return {"concurrency": concurrency, "stream": stream, "requests": len(results), "failed": len(results) - len(ok),
             "errors": errors,
             "wall_s": wall, "tok_s": tokens / wall, "req_s": len(ok) / wall, "tokens": tokens,
-            "ttft_p50_ms": pct("ttft", 0.5), "ttft_p90_ms": pct("ttft", 0.9),
-            "itl_p50_ms": pct("itl", 0.5), "itl_p90_ms": pct("itl", 0.9),
-            "latency_p50_ms": pct("latency", 0.5), "latency_p90_ms": pct("latency", 0.9)}
+            "ttft_p50_ms": pct("ttft", 0.5), "ttft_p99_ms": pct("ttft", 0.99),
+            "itl_p50_ms": itl(0.5), "itl_p99_ms": itl(0.99),
+            "latency_p50_ms": pct("latency", 0.5), "latency_p99_ms": pct("latency", 0.99)}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -255,10 +262,9 @@ rows = []
 try:
     one_request(addr, True)  # warm-up
     for concurrency in args.concurrency:
-        for stream in (True, False):
-            peer.round(max(1, args.requests // 4))
-            rows.append(scenario(addr, concurrency, stream))
-    peer.round(max(1, args.requests // 4))
+        peer.round(2)
+        rows.append(scenario(addr, concurrency, True))
+    peer.round(2)
 finally:
     proc.terminate()
     try:
@@ -276,37 +282,31 @@ def fmt(x, spec=".1f"):
 
 
 print(f"\nserving benchmark: {source} model {model_tag or ''} on {args.device_type} ({args.num_gpus} replica(s)), "
-      f"{args.requests} requests of {args.max_tokens} tokens per scenario, loopback")
+      f"replies of {args.max_tokens} tokens, loopback")
 print(f"peer: bare Engine.generate batch 1: {engine_peer['tok_s']:.1f} tok/s, "
       f"first token {engine_peer['ttft_ms']:.1f} ms\n")
-head = ("clients", "mode", "ok/sent", "wall s", "tok/s", "vs engine", "TTFT p50", "TTFT p90", "ITL p50", "ITL p90",
-        "lat p50", "lat p90")
+head = ("clients", "ok/sent", "wall s", "tok/s", "vs 1 client", "vs engine", "TTFT p50", "TTFT p99", "ITL p50",
+        "ITL p99", "lat p50", "lat p99")
 print("| " + " | ".join(head) + " |")
 print("|" + "|".join("---:" for _ in head) + "|")
+base = rows[0]
 for r in rows:
-    mode = "stream" if r["stream"] else "whole"
-    print(f"| {r['concurrency']} | {mode} | {r['requests'] - r['failed']}/{r['requests']} "
-          f"| {r['wall_s']:.2f} | {r['tok_s']:.1f} | {r['tok_s'] / engine_peer['tok_s']:.2f}x "
-          f"| {fmt(r['ttft_p50_ms'])} | {fmt(r['ttft_p90_ms'])} | {fmt(r['itl_p50_ms'], '.2f')} "
-          f"| {fmt(r['itl_p90_ms'], '.2f')} | {fmt(r['latency_p50_ms'])} | {fmt(r['latency_p90_ms'])} |")
-print("(times in ms; TTFT/ITL are measured on streamed replies only)")
+    print(f"| {r['concurrency']} | {r['requests'] - r['failed']}/{r['requests']} "
+          f"| {r['wall_s']:.2f} | {r['tok_s']:.1f} | {r['tok_s'] / base['tok_s']:.2f}x | {r['tok_s'] / engine_peer['tok_s']:.2f}x "
+          f"| {fmt(r['ttft_p50_ms'])} | {fmt(r['ttft_p99_ms'])} | {fmt(r['itl_p50_ms'], '.2f')} "
+          f"| {fmt(r['itl_p99_ms'], '.2f')} | {fmt(r['latency_p50_ms'])} | {fmt(r['latency_p99_ms'])} |")
+print(f"(times in ms; 'vs 1 client' is against the {base['concurrency']}-client row)")
 for r in rows:
     if r["errors"]:
-        print(f"failures with {r['concurrency']} client(s), {'stream' if r['stream'] else 'whole'}: {r['errors']}")
-
-
-def find(concurrency, stream):
-    return next(r for r in rows if r["concurrency"] == concurrency and r["stream"] == stream)
-
-
-lo, hi = min(args.concurrency), max(args.concurrency)
+        print(f"failures with {r['concurrency']} client(s): {r['errors']}")
 summary = {
     "bench": "serve", "source": source, "device": args.device_type, "replicas": args.num_gpus,
     "max_tokens": args.max_tokens, "requests": args.requests, "engine_tok_s": round(engine_peer["tok_s"], 2),
     "rows": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
-    "stream_vs_whole_tok_s": round(find(lo, True)["tok_s"] / find(lo, False)["tok_s"], 3),
-    f"c{hi}_vs_c{lo}_tok_s": round(find(hi, True)["tok_s"] / find(lo, True)["tok_s"], 3),
-    "server_vs_engine_tok_s": round(find(lo, False)["tok_s"] / engine_peer["tok_s"], 3),
+    "tok_s_vs_first": {str(r["concurrency"]): round(r["tok_s"] / base["tok_s"], 3) for r in rows},
+    "itl_p99_vs_first": {str(r["concurrency"]): round(r["itl_p99_ms"] / base["itl_p99_ms"], 3)
+                         for r in rows if r["itl_p99_ms"] and base["itl_p99_ms"]},
+    "server_vs_engine_tok_s": round(base["tok_s"] / engine_peer["tok_s"], 3),
     "failed": sum(r["failed"] for r in rows),
 }
 print(json.dumps(summary))

@@ -61,35 +61,44 @@ def sample_completions(engine, tokenizer, prompt: list[int], num_samples: int, m
                        temperature: float, top_k: int | None, seed: int) -> tuple[list[list[int]], list[list[int]], list[bool]]:
     """num_samples completions of prompt: (token ids, masks, finished). A finished completion ends with
     <|assistant_end|> (kept, mask 1, so RL can reward stopping); masks are 0 for forced tool output."""
+    return sample_many(engine, tokenizer, [prompt], num_samples, max_tokens, temperature, top_k, [seed])[0]
+
+
+def sample_many(engine, tokenizer, prompts: list[list[int]], num_samples: int, max_tokens: int, temperature: float,
+                top_k: int | None, seeds: list[int]) -> list[tuple[list[list[int]], list[list[int]], list[bool]]]:
+    """sample_completions for every prompt (prompt i with seeds[i]), all batched together by the
+    engine's scheduler; each prompt's samples are the same as sampling it alone."""
+    from nanochat.engine import SamplingParams
+    from nanochat.scheduler import run_to_end
+
     positions = engine.model.cos.size(1)
-    budget = max(1, min(max_tokens, positions - len(prompt) - 1))
     end = tokenizer.encode_special("<|assistant_end|>")
-    seqs, masks = engine.generate_batch(prompt, num_samples=num_samples, max_tokens=budget,
-                                        temperature=temperature, top_k=top_k, seed=seed)
-    out_ids, out_masks, finished = [], [], []
-    for seq, mask in zip(seqs, masks):
-        ids, m = seq[len(prompt):], mask[len(prompt):]
-        done = len(ids) < budget  # generate_batch drops the terminal token: stopping early means it was sampled
-        if done:
-            ids, m = ids + [end], m + [1]
-        out_ids.append(ids)
-        out_masks.append(m)
-        finished.append(done)
-    return out_ids, out_masks, finished
+    requests = [(prompt, SamplingParams(temperature, top_k, 1.0, seed),
+                 max(1, min(max_tokens, positions - len(prompt) - 1)), num_samples)
+                for prompt, seed in zip(prompts, seeds)]
+    out = []
+    for rows in run_to_end(engine, requests):
+        # a finished row ends with the end token it sampled (<|bos|> too): RL sees <|assistant_end|>
+        done = [row.finish_reason == "stop" for row in rows]
+        ids = [row.tokens[:-1] + [end] if d else row.tokens for row, d in zip(rows, done)]
+        out.append((ids, [row.masks for row in rows], done))
+    return out
 
 
 def generative_pass(engine, tokenizer, task, indices: list[int], num_samples: int = 1, max_tokens: int = 256,
                     temperature: float = 0.0, top_k: int | None = None, seed: int = 42) -> tuple[int, int]:
     """(solved, total) over task[indices]: a problem is solved when any of its samples passes (pass@k)."""
+    from nanochat.engine import special_tokens
+
     bos = tokenizer.get_bos_token_id()
-    stop = {tokenizer.encode_special("<|assistant_end|>"), bos}
-    solved = total = 0
-    for i in indices:
-        conversation = task[i]
-        prompt = fit_prompt(tokenizer.render_for_completion(conversation), engine.model.config.sequence_len, bos)
-        completions, _, _ = sample_completions(engine, tokenizer, prompt, num_samples, max_tokens, temperature, top_k,
-                                               seed + i)
+    stop = special_tokens(tokenizer).ends
+    conversations = [task[i] for i in indices]
+    prompts = [fit_prompt(tokenizer.render_for_completion(c), engine.model.config.sequence_len, bos)
+               for c in conversations]
+    results = sample_many(engine, tokenizer, prompts, num_samples, max_tokens, temperature, top_k,
+                          [seed + i for i in indices])
+    solved = 0
+    for conversation, (completions, _, _) in zip(conversations, results):
         texts = [tokenizer.decode([t for t in c if t not in stop]) for c in completions]
         solved += int(any(task.evaluate(conversation, t) for t in texts))
-        total += 1
-    return solved, total
+    return solved, len(indices)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from nanochat.chat_metrics import fit_prompt, sample_completions
+from nanochat.chat_metrics import fit_prompt, sample_many
 from nanochat.dataloader import padded_batch
+from nanochat.engine import special_tokens
 
 
 @dataclass
@@ -32,18 +33,30 @@ class Rollout:
 
 
 @torch.no_grad()
+def rollouts(engine, tokenizer, task, indices: list[int], num_samples: int, max_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, seeds: list[int] | None = None, autocast=None) -> list[Rollout]:
+    """Sample num_samples completions for each task[index], all problems batched together by the
+    engine's scheduler (problem i with seeds[i]), and score each with task.reward."""
+    conversations = [task[i] for i in indices]
+    bos = tokenizer.get_bos_token_id()
+    prompts = [fit_prompt(tokenizer.render_for_completion(c), engine.model.config.sequence_len, bos)
+               for c in conversations]
+    seeds = list(indices) if seeds is None else seeds
+    with autocast or nullcontext():
+        samples = sample_many(engine, tokenizer, prompts, num_samples, max_tokens, temperature, top_k, seeds)
+    ends = special_tokens(tokenizer).ends
+    out = []
+    for conversation, prompt, (ids, masks, _) in zip(conversations, prompts, samples):
+        texts = [tokenizer.decode([t for t in c if t not in ends]) for c in ids]
+        rewards = torch.tensor([float(task.reward(conversation, t)) for t in texts])
+        out.append(Rollout(prompt, ids, masks, rewards))
+    return out
+
+
 def rollout(engine, tokenizer, task, index: int, num_samples: int, max_tokens: int, temperature: float = 1.0,
             top_k: int | None = None, seed: int = 0, autocast=None) -> Rollout:
-    """Sample num_samples completions for task[index] and score each with task.reward."""
-    conversation = task[index]
-    bos = tokenizer.get_bos_token_id()
-    prompt = fit_prompt(tokenizer.render_for_completion(conversation), engine.model.config.sequence_len, bos)
-    with autocast or nullcontext():
-        ids, masks, _ = sample_completions(engine, tokenizer, prompt, num_samples, max_tokens, temperature, top_k, seed)
-    end = tokenizer.encode_special("<|assistant_end|>")
-    texts = [tokenizer.decode([t for t in c if t not in (bos, end)]) for c in ids]
-    rewards = torch.tensor([float(task.reward(conversation, t)) for t in texts])
-    return Rollout(prompt, ids, masks, rewards)
+    """rollouts() for one problem."""
+    return rollouts(engine, tokenizer, task, [index], num_samples, max_tokens, temperature, top_k, [seed], autocast)[0]
 
 
 def policy_gradient_backward(model, rollout_: Rollout, num_tokens: float, scale: float = 1.0, autocast=None) -> float:

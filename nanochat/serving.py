@@ -9,11 +9,12 @@ FastAPI app. `scripts/chat_web.py` parses flags, loads the model replicas and ru
     GET  /                      the chat UI (nanochat/ui.html)
 
 How a request flows: the handler validates the JSON on the event loop (cheap: a tokenization),
-then waits for a free replica in a bounded FIFO queue (503 + Retry-After when the queue is full or
-the wait passes the deadline). Each replica has one thread of its own that runs Engine.generate
-and turns tokens into text; the text comes back to the event loop through an asyncio queue. The
-thread checks a cancel flag after every token, so a client that goes away frees its replica
-within one decode step.
+then waits for a free slot in a bounded FIFO queue (503 + Retry-After when the queue is full or
+the wait passes the deadline). Each replica has `slots` slots and one thread of its own, which
+runs the replica's scheduler (nanochat/scheduler.py): one batched decode step after another for
+every request it holds, a new request joining at the next step. The thread turns each request's
+tokens into text, which comes back to the event loop through an asyncio queue. It checks a cancel
+flag before every step, so a client that goes away frees its slot within one decode step.
 
 Tool calls are shown inline as text, one convention everywhere (API, UI, CLI-like clients):
 
@@ -37,7 +38,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     model: str
+    top_p: float = 1.0
     dropped_messages: int = 0  # oldest turns left out so that the reply has room (chat requests only)
 
 
@@ -235,6 +236,7 @@ class Sampling:
 
     temperature: float
     top_k: int
+    top_p: float
     max_tokens: int | None  # None: the server picks, from what room the prompt leaves
     max_name: str  # the field the client used for it
     seed: int
@@ -247,8 +249,7 @@ class Sampling:
 def parse_sampling(payload: dict, context_len: int, defaults: SamplingDefaults) -> Sampling:
     _refuse_unsupported(payload)
     temperature = float(_number(payload, "temperature", 0.0, TEMPERATURE_MAX, False, defaults.temperature))
-    # top_p is accepted for client compatibility and validated, but sampling uses top_k only
-    _number(payload, "top_p", 0.0, 1.0, False, 1.0)
+    top_p = float(_number(payload, "top_p", 0.0, 1.0, False, 1.0))  # 0 keeps only the likeliest token
     top_k = _number(payload, "top_k", 0, TOP_K_MAX, True, defaults.top_k)
     n = payload.get("n")
     if n is not None and (type(n) is not int or n != 1):
@@ -279,7 +280,7 @@ def parse_sampling(payload: dict, context_len: int, defaults: SamplingDefaults) 
     if len(stop) > MAX_STOP_SEQUENCES or not all(0 < len(s) <= MAX_STOP_CHARS for s in stop):
         raise invalid(f"'stop' takes up to {MAX_STOP_SEQUENCES} non-empty strings of at most {MAX_STOP_CHARS} "
                       "characters", "stop")
-    return Sampling(temperature, top_k, max_tokens, max_name, seed, stop, stream, include_usage, model)
+    return Sampling(temperature, top_k, top_p, max_tokens, max_name, seed, stop, stream, include_usage, model)
 
 
 def _request(prompt_ids: list[int], prompt_param: str, sampling: Sampling, context_len: int,
@@ -296,7 +297,8 @@ def _request(prompt_ids: list[int], prompt_param: str, sampling: Sampling, conte
                       f"the model's context of {context_len:,} tokens: lower {name} or shorten the prompt",
                       name, "context_length_exceeded")
     return ChatRequest(prompt_ids, max_tokens, sampling.temperature, sampling.top_k, sampling.seed, sampling.stop,
-                       sampling.stream, sampling.include_usage, sampling.model, dropped)
+                       sampling.stream, sampling.include_usage, sampling.model, top_p=sampling.top_p,
+                       dropped_messages=dropped)
 
 
 def fit_conversation(tokenizer, messages: list[dict], budget: int) -> tuple[list[int], int]:
@@ -377,46 +379,38 @@ class TextAssembler:
     `finish_reason` becomes "stop" (an end token or a stop string) the caller stops feeding."""
 
     def __init__(self, tokenizer, stop: list[str] | None = None):
-        from nanochat.engine import StreamDecoder
+        from nanochat.engine import StreamDecoder, ToolCallReader
 
         self.decoder = StreamDecoder(tokenizer)
+        self.reader = ToolCallReader(tokenizer)  # the engine's reading of ends and tool calls
         self.stop = stop or []
         self.pending = ""  # text held back because it may be the start of a stop string
         self.finish_reason: str | None = None
-        sp = {name: tokenizer.encode_special(name) for name in tokenizer.get_special_tokens()}
-        self.end_ids = {sp["<|assistant_end|>"], sp["<|bos|>"]}
-        self.special_ids = set(sp.values())
-        self.markers = {sp["<|python_start|>"]: TOOL_OPEN, sp["<|output_start|>"]: TOOL_EQUALS,
-                        sp["<|output_end|>"]: TOOL_CLOSE}
-        self.python_end, self.output_start = sp["<|python_end|>"], sp["<|output_start|>"]
         self.in_tool = False  # between "[calculator: " and "]"
-        self.after_call = False  # just saw <|python_end|>: the forced output should follow
 
     def feed(self, token: int) -> str:
         if self.finish_reason is not None:
             return ""
-        if token in self.end_ids:
+        kind = self.reader.read(token)
+        if kind == "end":
             self.finish_reason = "stop"
             return self._release(self._close(), final=True)
-        if token not in self.special_ids:
-            if self.after_call:  # a call with no output (should not happen): close it before going on
+        if kind in ("call", "output"):
+            return self._release(self.decoder.feed(token))
+        if kind == "text":
+            if self.in_tool:  # a call with no output (should not happen): close it before going on
                 return self._release(self._close() + self.decoder.feed(token))
             return self._release(self.decoder.feed(token))
         # a special token: whatever bytes were pending belong before it
         text = self.decoder.flush()
-        if token == self.python_end:
-            self.after_call = self.in_tool
-        elif token in self.markers:
-            marker = self.markers[token]
-            if marker == TOOL_OPEN:
-                text += self._close() + marker
-                self.in_tool = True
-            elif marker == TOOL_EQUALS and self.in_tool:
-                text += marker
-                self.after_call = False
-            elif marker == TOOL_CLOSE and self.in_tool:
-                text += marker
-                self.in_tool = self.after_call = False
+        if kind == "call_start":
+            text += self._close() + TOOL_OPEN
+            self.in_tool = True
+        elif kind == "output_start" and self.in_tool:
+            text += TOOL_EQUALS
+        elif kind == "output_end" and self.in_tool:
+            text += TOOL_CLOSE
+            self.in_tool = False
         return self._release(text)
 
     def finish(self) -> str:
@@ -429,7 +423,7 @@ class TextAssembler:
         text = self.decoder.flush()
         if self.in_tool:
             text += TOOL_CLOSE
-        self.in_tool = self.after_call = False
+        self.in_tool = False
         return text
 
     def _release(self, text: str, final: bool = False) -> str:
@@ -464,6 +458,8 @@ class Metrics:
         self.running = Gauge("nanochat_requests_running", "requests generating on a replica", registry=r)
         self.waiting = Gauge("nanochat_requests_waiting", "requests queued for a free replica", registry=r)
         self.replicas = Gauge("nanochat_replicas", "engine replicas loaded", registry=r)
+        self.kv_slots = Gauge("nanochat_kv_slots", "request slots (KV cache rows) over all replicas", registry=r)
+        self.kv_slots_used = Gauge("nanochat_kv_slots_used", "request slots held by a generation", registry=r)
         self.rejected = Counter("nanochat_requests_rejected", "requests refused, by reason", ["reason"], registry=r)
         self.finished = Counter("nanochat_requests_finished", "generations that ended, by finish reason",
                                 ["reason"], registry=r)
@@ -488,14 +484,30 @@ class Metrics:
 # The worker pool
 
 
-@dataclass
 class Replica:
-    engine: Any  # nanochat.engine.Engine (or anything with its generate())
-    name: str
-    executor: ThreadPoolExecutor = field(init=False)
+    """One engine and the thread that drives it.
 
-    def __post_init__(self) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.name}")
+    An engine with a static cache (nanochat.engine.Engine) gets a Scheduler of `slots` rows: its
+    thread runs one batched decode step after another for every request it holds, and a request
+    joins or leaves between two steps. Anything else with Engine.generate()'s signature (a stub in
+    tests) serves one request at a time through generate()."""
+
+    def __init__(self, engine: Any, name: str, slots: int, context_len: int):
+        from nanochat.engine import Engine
+        from nanochat.scheduler import Scheduler
+
+        self.engine, self.name = engine, name
+        self.scheduler = Scheduler(engine, slots, context_len) if isinstance(engine, Engine) else None
+        self.capacity = slots if self.scheduler is not None else 1
+        self.jobs: dict[Any, Job] = {}  # scheduler row -> its job; touched by this replica's thread only
+        self.inbox: deque[Job] = deque()  # jobs handed over by the event loop
+        self.wakeup = threading.Event()
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+
+    @property
+    def slots_used(self) -> int:
+        return len(self.jobs)
 
 
 class Job:
@@ -507,6 +519,10 @@ class Job:
         self.loop, self.request, self.arrival = loop, request, arrival
         self.cancelled = threading.Event()
         self._events: asyncio.Queue = asyncio.Queue()
+        # the replica thread's view of the generation
+        self.text: TextAssembler | None = None
+        self.n_tokens = 0
+        self.last = arrival
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -538,14 +554,15 @@ class Job:
 
 
 class WorkerPool:
-    """Engine replicas, each with its own thread, behind a bounded FIFO queue.
+    """Engine replicas, each with a thread of its own and `capacity` request slots, behind a
+    bounded FIFO queue.
 
     Every method except the replica threads' work runs on the event loop, so there are no locks:
-    `_free` and `_waiters` are only touched there (threads hand replicas back with
-    call_soon_threadsafe)."""
+    `_free` (one entry per free slot) and `_waiters` are only touched there (threads hand slots
+    back with call_soon_threadsafe)."""
 
-    def __init__(self, queue_size: int, wait_timeout: float, metrics: Metrics):
-        self.queue_size, self.wait_timeout, self.metrics = queue_size, wait_timeout, metrics
+    def __init__(self, queue_size: int, wait_timeout: float, metrics: Metrics, slots: int = 16):
+        self.queue_size, self.wait_timeout, self.metrics, self.slots = queue_size, wait_timeout, metrics, slots
         self.replicas: list[Replica] = []
         self.tokenizer = None
         self.context_len = 0
@@ -560,13 +577,23 @@ class WorkerPool:
 
     def add_replicas(self, engines: list, tokenizer, context_len: int) -> None:
         self.tokenizer, self.context_len = tokenizer, context_len
+        new = []
         for engine in engines:
-            replica = Replica(engine, str(len(self.replicas)))
+            replica = Replica(engine, str(len(self.replicas)), self.slots, context_len)
+            run = self._run_scheduler if replica.scheduler is not None else self._run_serial
+            replica.thread = threading.Thread(target=run, args=(replica,), name=f"replica-{replica.name}", daemon=True)
+            replica.thread.start()
             self.replicas.append(replica)
-            self.release(replica)
+            new.append(replica)
+        for i in range(max((r.capacity for r in new), default=0)):  # interleaved: requests spread over replicas
+            for replica in new:
+                if i < replica.capacity:
+                    self.release(replica)
         self.metrics.replicas.set(len(self.replicas))
+        self.metrics.kv_slots.set(sum(r.capacity for r in self.replicas))
 
     def release(self, replica: Replica) -> None:
+        """Give back one slot of `replica`: to the first live waiter, else to the free list."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -575,13 +602,13 @@ class WorkerPool:
         self._free.append(replica)
 
     async def acquire(self, gone: asyncio.Future | None = None) -> Replica:
-        """A free replica, waiting at most `wait_timeout` in FIFO order; 503 RequestError when the
-        queue is full or the wait runs out; ClientGone if `gone` completes first."""
+        """A replica with a free slot, waiting at most `wait_timeout` in FIFO order; 503
+        RequestError when the queue is full or the wait runs out; ClientGone if `gone` completes first."""
         if self._free:
-            return self._free.pop()
+            return self._free.pop(0)
         if len(self._waiters) >= self.queue_size:
             self.metrics.rejected.labels("queue_full").inc()
-            raise busy(f"the server is busy ({len(self.replicas)} replica(s) generating, {len(self._waiters)} "
+            raise busy(f"the server is busy ({len(self._jobs)} request(s) generating, {len(self._waiters)} "
                        "request(s) waiting): retry shortly", "queue_full")
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -610,77 +637,143 @@ class WorkerPool:
                    "queue_timeout")
 
     async def submit(self, request: ChatRequest, arrival: float, gone: asyncio.Future | None = None) -> Job:
-        """Queue for a replica, then start generating on its thread."""
+        """Queue for a slot, then hand the job to that replica's thread."""
         replica = await self.acquire(gone)
+        if replica.stopping:
+            self.release(replica)
+            raise busy("the server is shutting down", "shutting_down")
         job = Job(asyncio.get_running_loop(), request, arrival)
         self._jobs.add(job)
         self.metrics.running.inc()
-        try:
-            replica.executor.submit(self._generate, replica, job)
-        except RuntimeError:  # executor shut down
-            self._jobs.discard(job)
-            self.metrics.running.dec()
-            self.release(replica)
-            raise busy("the server is shutting down", "shutting_down") from None
+        self.metrics.kv_slots_used.inc()
+        replica.inbox.append(job)
+        replica.wakeup.set()
         return job
 
-    def _generate(self, replica: Replica, job: Job) -> None:
-        """Runs on the replica's thread: generate, detokenize, emit; always give the replica back."""
-        m, req = self.metrics, job.request
-        n_tokens, finish_reason = 0, None
-        try:
-            if job.cancelled.is_set():  # the client left while we were queued
-                finish_reason = "cancelled"
-                return
-            m.prompt_tokens.inc(len(req.prompt_ids))
-            text = TextAssembler(self.tokenizer, req.stop)
-            gen = replica.engine.generate(req.prompt_ids, num_samples=1, max_tokens=req.max_tokens,
-                                          temperature=req.temperature, top_k=req.top_k, seed=req.seed)
-            last = job.arrival
-            try:
-                for column, _masks in gen:
-                    now = time.perf_counter()
-                    (m.ttft if n_tokens == 0 else m.itl).observe(now - last)
-                    last = now
-                    n_tokens += 1
-                    m.generated_tokens.inc()
-                    delta = text.feed(column[0])
-                    if delta:
-                        job.emit(("text", delta))
-                    if text.finish_reason or job.cancelled.is_set():
-                        break
-            finally:
-                gen.close()  # frees the engine's cache now rather than at garbage collection
-            if job.cancelled.is_set():
-                finish_reason = "cancelled"
-                return
-            tail = text.finish()
+    # --- on a replica's thread --------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        self.metrics.prompt_tokens.inc(len(job.request.prompt_ids))
+        job.text = TextAssembler(self.tokenizer, job.request.stop)
+
+    def _on_token(self, job: Job, token: int) -> bool:
+        """Time, count and detokenize one generated token; True when the job wants no more."""
+        now = time.perf_counter()
+        (self.metrics.ttft if job.n_tokens == 0 else self.metrics.itl).observe(now - job.last)
+        job.last = now
+        job.n_tokens += 1
+        self.metrics.generated_tokens.inc()
+        delta = job.text.feed(token)
+        if delta:
+            job.emit(("text", delta))
+        return bool(job.text.finish_reason) or job.cancelled.is_set()
+
+    def _finish(self, replica: Replica, job: Job, finish_reason: str, error: str | None = None) -> None:
+        """Tell the client how the job ended and give its slot back."""
+        if finish_reason in ("stop", "length"):
+            tail = job.text.finish()
             if tail:
                 job.emit(("text", tail))
-            finish_reason = text.finish_reason or "length"
-        except Exception as e:  # never let one request take the replica down
-            logger.exception("generation failed on replica %s", replica.name)
-            finish_reason = "error"
-            job.emit(("error", f"generation failed: {type(e).__name__}: {e}"[:500]))
-        finally:
-            self._jobs.discard(job)
-            m.running.dec()
-            m.finished.labels(finish_reason or "error").inc()
+            finish_reason = job.text.finish_reason or finish_reason
+        self._jobs.discard(job)
+        m = self.metrics
+        m.running.dec()
+        m.kv_slots_used.dec()
+        m.finished.labels(finish_reason).inc()
+        try:
+            job.loop.call_soon_threadsafe(self.release, replica)
+        except RuntimeError:  # loop closed at shutdown
+            pass
+        if finish_reason in ("stop", "length"):
+            job.emit(("finish", finish_reason, job.n_tokens))
+        elif finish_reason == "error":
+            job.emit(("error", error))
+        elif finish_reason == "cancelled":  # only a server shutting down has a listener left to tell
+            job.emit(("error", "the generation was cancelled: the server is shutting down"))
+
+    def _run_scheduler(self, replica: Replica) -> None:
+        """The replica's thread: admit new jobs, cancel gone ones, run one batched step, route tokens."""
+        from nanochat.engine import SamplingParams
+
+        scheduler = replica.scheduler
+        while not replica.stopping:
+            replica.wakeup.clear()
+            while replica.inbox:
+                job = replica.inbox.popleft()
+                if job.cancelled.is_set():  # the client left while we were queued
+                    self._finish(replica, job, "cancelled")
+                    continue
+                req = job.request
+                self._start(job)
+                params = SamplingParams(req.temperature, req.top_k, req.top_p, req.seed)
+                try:
+                    (row,) = scheduler.submit(req.prompt_ids, params, max_tokens=req.max_tokens)
+                except ValueError as e:  # validation should have caught it; never let it stop the thread
+                    self._finish(replica, job, "error", f"the request cannot be generated: {e}"[:500])
+                    continue
+                replica.jobs[row] = job
+            for row, job in replica.jobs.items():
+                if job.cancelled.is_set():
+                    scheduler.cancel(row)
+            if not scheduler.has_work():
+                replica.wakeup.wait(1.0)
+                continue
             try:
-                job.loop.call_soon_threadsafe(self.release, replica)
-            except RuntimeError:  # loop closed at shutdown
-                pass
-            if finish_reason in ("stop", "length"):
-                job.emit(("finish", finish_reason, n_tokens))
-            elif finish_reason == "cancelled":  # only a server shutting down has a listener left to tell
-                job.emit(("error", "the generation was cancelled: the server is shutting down"))
+                events = scheduler.step()
+            except Exception as e:  # never let one bad step take the replica down: fail its jobs, start afresh
+                logger.exception("generation failed on replica %s", replica.name)
+                for row, job in list(replica.jobs.items()):
+                    self._finish(replica, job, "error", f"generation failed: {type(e).__name__}: {e}"[:500])
+                replica.jobs.clear()
+                replica.scheduler = scheduler = type(scheduler)(replica.engine, scheduler.slots, scheduler.max_len)
+                continue
+            done = {}  # row -> finish reason
+            for row, token, _mask in events:
+                job = replica.jobs[row]
+                if self._on_token(job, token) and row.finish_reason is None:
+                    scheduler.cancel(row)  # a stop string, or the client is gone: the slot frees at the next step
+                    done[row] = "stop" if job.text.finish_reason else "cancelled"
+            for row in replica.jobs:
+                if row.finish_reason is not None and row not in done:  # finished, or cancelled before this step
+                    done[row] = row.finish_reason
+            for row, reason in done.items():
+                job = replica.jobs.pop(row)
+                self._finish(replica, job, "cancelled" if job.cancelled.is_set() else reason)
+
+    def _run_serial(self, replica: Replica) -> None:
+        """The replica's thread for a generate()-only engine: one job at a time."""
+        while not replica.stopping:
+            replica.wakeup.clear()
+            if not replica.inbox:
+                replica.wakeup.wait(1.0)
+                continue
+            job = replica.inbox.popleft()
+            if job.cancelled.is_set():
+                self._finish(replica, job, "cancelled")
+                continue
+            req, finish_reason, error, gen = job.request, "length", None, None
+            self._start(job)
+            try:
+                gen = replica.engine.generate(req.prompt_ids, num_samples=1, max_tokens=req.max_tokens,
+                                              temperature=req.temperature, top_k=req.top_k, seed=req.seed)
+                for column, _masks in gen:
+                    if self._on_token(job, column[0]):
+                        break
+            except Exception as e:
+                logger.exception("generation failed on replica %s", replica.name)
+                finish_reason, error = "error", f"generation failed: {type(e).__name__}: {e}"[:500]
+            finally:
+                if gen is not None:
+                    gen.close()
+            self._finish(replica, job, "cancelled" if job.cancelled.is_set() else finish_reason, error)
 
     def shutdown(self) -> None:
-        """Stop every generation at its next token and let the replica threads go."""
+        """Stop every generation before its next step and let the replica threads go."""
         for job in list(self._jobs):
             job.cancel()
         for replica in self.replicas:
-            replica.executor.shutdown(wait=False, cancel_futures=True)
+            replica.stopping = True
+            replica.wakeup.set()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -751,6 +844,7 @@ class ServerSettings:
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     queue_size: int = 16
     wait_timeout: float = 30.0
+    slots: int = 16  # requests one replica generates at once (KV cache rows)
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     model_name: str = "nanochat"
@@ -866,7 +960,7 @@ async def _wait_disconnect(receive) -> None:
 def create_app(settings: ServerSettings, loader: Loader) -> FastAPI:
     """The FastAPI app. `loader` runs in a thread after start-up; /health is 503 until it returns."""
     metrics = Metrics()
-    pool = WorkerPool(settings.queue_size, settings.wait_timeout, metrics)
+    pool = WorkerPool(settings.queue_size, settings.wait_timeout, metrics, settings.slots)
 
     async def load() -> None:
         try:

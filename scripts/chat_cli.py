@@ -16,14 +16,14 @@ line is a text prompt that the model continues (no conversation history).
 import contextlib
 import re
 import sys
-from contextlib import nullcontext
 
 import torch
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
 from nanochat.common import ScriptParser, autodetect_device_type, get_base_dir, setup_logging
-from nanochat.engine import Engine, StreamDecoder
+from nanochat.engine import Engine, StreamDecoder, ToolCallReader
 from nanochat.tokenizer import TokenizerError
+from nanochat.training import precision
 
 # -------------------------------------------------------------------------------------------------
 parser = ScriptParser(__file__, "Chat with a model in the terminal.")
@@ -59,14 +59,11 @@ except CheckpointError as e:
     raise SystemExit(f"chat_cli: {e} (pick another with -i/-g/-s)") from None
 except TokenizerError as e:
     raise SystemExit(f"chat_cli: {e}") from None
-engine = Engine(model, tokenizer)
-# bf16 matmuls on GPUs that have them (SM80+); CPU and older GPUs run float32
-bf16 = device_type == "cuda" and torch.cuda.get_device_capability()[0] >= 8
-autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+# bf16 matmuls on GPUs that have them (SM80+); CPU ("auto" would time its matmuls first) and older GPUs float32
+dtype_name, _ = precision(device_type, "auto" if device_type == "cuda" else "float32")
+engine = Engine(model, tokenizer, dtype=getattr(torch, dtype_name))
 context = model.config.sequence_len
 chat = args.source != "base"
-sp = {name: tokenizer.encode_special(name) for name in tokenizer.get_special_tokens()}
-END = {sp["<|assistant_end|>"], sp["<|bos|>"]}
 
 
 def reply(prompt_ids: list[int], seed: int) -> list[dict] | None:
@@ -79,9 +76,8 @@ def reply(prompt_ids: list[int], seed: int) -> list[dict] | None:
         return None
     parts: list[dict] = []
     decoder = StreamDecoder(tokenizer)
+    reader = ToolCallReader(tokenizer)  # tells text from <|python_start|> expr ... <|output_end|>
     text: list[str] = []  # the current text part
-    call: list[int] | None = None  # ids of the expression, inside <|python_start|> ... <|python_end|>
-    output: list[int] | None = None  # ids of the tool's result, inside <|output_start|> ... <|output_end|>
     expr = ""
 
     def end_text() -> None:
@@ -94,41 +90,32 @@ def reply(prompt_ids: list[int], seed: int) -> list[dict] | None:
     gen = engine.generate(prompt_ids, num_samples=1, max_tokens=max_tokens, temperature=args.temperature,
                           top_k=args.top_k, seed=seed)
     try:
-        with autocast:
-            for column, _ in gen:
-                token = column[0]
-                if token in END:
-                    break
-                if token == sp["<|python_start|>"]:
-                    end_text()
-                    call, output = [], None
-                elif token == sp["<|python_end|>"] and call is not None:
-                    expr = tokenizer.decode(call)
-                    parts.append({"type": "python", "text": expr})
-                    call = None
-                elif token == sp["<|output_start|>"]:
-                    output = []
-                elif token == sp["<|output_end|>"] and output is not None:
-                    result = tokenizer.decode(output)
-                    parts.append({"type": "python_output", "text": result})
-                    print(f"[calculator: {expr} = {result}]", end="", flush=True)
-                    output = None
-                elif call is not None:
-                    call.append(token)
-                elif output is not None:
-                    output.append(token)
-                elif token not in sp.values():  # stray specials are not text
-                    piece = decoder.feed(token)
-                    text.append(piece)
-                    print(piece, end="", flush=True)
+        for column, _ in gen:
+            token = column[0]
+            kind = reader.read(token)
+            if kind == "end":
+                break
+            if kind == "call_start":
+                end_text()
+            elif kind == "call_end":
+                expr = tokenizer.decode(reader.expr_ids)
+                parts.append({"type": "python", "text": expr})
+            elif kind == "output_end":
+                result = tokenizer.decode(reader.result_ids)
+                parts.append({"type": "python_output", "text": result})
+                print(f"[calculator: {expr} = {result}]", end="", flush=True)
+            elif kind == "text":  # stray specials are not text
+                piece = decoder.feed(token)
+                text.append(piece)
+                print(piece, end="", flush=True)
     except KeyboardInterrupt:
         print(" [stopped]", end="")
     finally:
         gen.close()
-    if call is not None:  # cut off inside a tool call
-        print(f"[calculator: {tokenizer.decode(call)} ...]", end="")
-    elif output is not None or (parts and parts[-1]["type"] == "python"):  # ... or inside its result
-        print(f"[calculator: {expr} = {tokenizer.decode(output or [])} ...]", end="")
+    if reader.call is not None:  # cut off inside a tool call
+        print(f"[calculator: {tokenizer.decode(reader.call)} ...]", end="")
+    elif reader.output is not None or (parts and parts[-1]["type"] == "python"):  # ... or inside its result
+        print(f"[calculator: {expr} = {tokenizer.decode(reader.output or [])} ...]", end="")
     end_text()
     print(flush=True)
     return parts

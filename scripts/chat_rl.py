@@ -21,7 +21,8 @@ from nanochat.checkpoint_manager import save_checkpoint, stage_dir
 from nanochat.common import ScriptParser, compute_cleanup, print0, setup_logging
 from nanochat.engine import Engine
 from nanochat.report import log_section
-from nanochat.rl import policy_gradient_backward, rollout
+from nanochat.rl import policy_gradient_backward
+from nanochat.rl import rollouts as rl_rollouts
 from nanochat.training import init_run, load_source_or_exit, lr_multiplier, positive_int, set_lr, unit_fraction
 from tasks.common import TaskDataError
 from tasks.gsm8k import GSM8K
@@ -120,10 +121,9 @@ while True:
     t0 = time.time()
     # --- rollouts: k samples for each of this rank's problems, then the policy gradient ---------
     model.eval()
-    rollouts = [rollout(engine, tokenizer, train_task, index, args.num_samples, args.max_new_tokens, args.temperature,
-                        args.top_k or None, seed=args.seed + 7919 * index, autocast=autocast)
-                for index in ((step * args.examples_per_step + rank * per_rank + j) % len(train_task)
-                              for j in range(per_rank))]
+    indices = [(step * args.examples_per_step + rank * per_rank + j) % len(train_task) for j in range(per_rank)]
+    rollouts = rl_rollouts(engine, tokenizer, train_task, indices, args.num_samples, args.max_new_tokens,
+                           args.temperature, args.top_k or None, [args.seed + 7919 * i for i in indices], autocast)
     model.train()
     num_tokens = reduce_sum(torch.tensor(float(sum(r.num_sampled() for r in rollouts)), device=device)).item()
     for r in rollouts:

@@ -11,7 +11,7 @@ Any OpenAI client works: base_url=http://127.0.0.1:8000/v1 (api_key = --api-key,
 Fields: messages (system first, then user/assistant alternating, ending with user), temperature
 [0, 2], top_k [0, 200] (0 = off), max_tokens (or max_completion_tokens), seed, stop (up to 4
 strings), stream, stream_options.include_usage, model (the id /v1/models lists, or left out;
-another id gets 404). top_p is accepted and ignored: sampling uses top_k. logprobs, tools,
+another id gets 404), top_p [0, 1]. logprobs, tools,
 response_format and the penalties are refused with a 400 naming the field. Tool calls appear in
 the text as "[calculator: 2+3 = 5]". /v1/completions takes a `prompt` instead of messages and
 continues it (what a base model does); the other fields are the same.
@@ -23,9 +23,11 @@ last user turn stay) and the X-Nanochat-Dropped-Messages header says how many.
 Each request logs one line (method, path, status, prompt and completion tokens, time to first
 token, total time); --log-level=debug adds the /health and /metrics polls.
 
-One engine replica per GPU (one on CPU/MPS), each generating on a thread of its own behind a
-bounded queue: a request that finds the queue full or waits longer than --queue-timeout gets 503
-with Retry-After. POST bodies must be sent as application/json (415 otherwise). Bound to
+One engine replica per GPU (one on CPU/MPS), each batching up to --slots requests at once on a
+thread of its own (continuous batching: a request joins at the next decode step and leaves as soon
+as it ends), behind a bounded queue: a request that finds every slot busy and the queue full, or
+waits longer than --queue-timeout, gets 503 with Retry-After. On CUDA the decode step is compiled
+and captured in CUDA graphs. POST bodies must be sent as application/json (415 otherwise). Bound to
 loopback (the default), the server answers only requests whose Host is localhost, 127.0.0.1 or
 [::1]; with --host=0.0.0.0 or a network address it answers any. The machinery lives in
 nanochat/serving.py; this script loads and runs it.
@@ -39,7 +41,9 @@ import uvicorn
 from nanochat.checkpoint_manager import (CheckpointError, find_model_tag, last_step, load_model, read_meta, stage_dir,
                                          step_dir)
 from nanochat.common import ScriptParser, autodetect_device_type, print0, setup_logging
-from nanochat.serving import LOOPBACK_HOSTS, SamplingDefaults, ServerSettings, create_app, host_name
+from nanochat.serving import (LOOPBACK_HOSTS, TEMPERATURE_MAX, TOP_K_MAX, SamplingDefaults, ServerSettings, create_app,
+                              host_name)
+from nanochat.training import precision
 
 # -------------------------------------------------------------------------------------------------
 parser = ScriptParser(__file__, "Serve the chat UI and an OpenAI-compatible API.")
@@ -57,17 +61,18 @@ parser.add_argument("--cors-origin", action="append", default=[],
 parser.add_argument("-t", "--temperature", type=float, default=0.6, help="default sampling temperature")
 parser.add_argument("-k", "--top-k", type=int, default=50, help="default top-k (0 = off)")
 parser.add_argument("--max-tokens", type=int, default=512, help="default reply length limit in tokens")
-parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait for a busy replica")
+parser.add_argument("--slots", type=int, default=16, help="requests one replica generates at once (KV cache rows)")
+parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait for a free slot")
 parser.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request may wait before a 503")
 parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                     help="server log level (info: one line per request)")
 args = parser.parse_args()
-if not 0 <= args.temperature <= 2:
-    parser.error(f"--temperature must be in [0, 2], got {args.temperature}")
-if not 0 <= args.top_k <= 200:
-    parser.error(f"--top-k must be in [0, 200], got {args.top_k}")
-if args.max_tokens < 1 or args.queue_size < 0 or args.queue_timeout <= 0:
-    parser.error("--max-tokens must be >= 1, --queue-size >= 0 and --queue-timeout > 0")
+if not 0 <= args.temperature <= TEMPERATURE_MAX:
+    parser.error(f"--temperature must be in [0, {TEMPERATURE_MAX:g}], got {args.temperature}")
+if not 0 <= args.top_k <= TOP_K_MAX:
+    parser.error(f"--top-k must be in [0, {TOP_K_MAX}], got {args.top_k}")
+if args.max_tokens < 1 or args.slots < 1 or args.queue_size < 0 or args.queue_timeout <= 0:
+    parser.error("--max-tokens and --slots must be >= 1, --queue-size >= 0 and --queue-timeout > 0")
 device_type = autodetect_device_type() if args.device_type == "auto" else args.device_type
 if device_type == "cuda":
     if not torch.cuda.is_available():
@@ -100,7 +105,14 @@ def load_replicas():
     engines = []
     for device in devices:
         model, tokenizer, _ = load_model(args.source, device, phase="eval", model_tag=model_tag, step=step)
-        engines.append(Engine(model, tokenizer))
+        # bf16 on SM80+ GPUs, float32 elsewhere (on CPU, "auto" would time matmuls first); compiled with CUDA
+        # graphs on CUDA (on CPU compiling costs a minute per batch/length bucket)
+        dtype_name, _ = precision(device.type, "auto" if device.type == "cuda" else "float32")
+        engine = Engine(model, tokenizer, dtype=getattr(torch, dtype_name), compile=device.type == "cuda")
+        if device.type == "cuda":  # compile and capture every batch size now, while /health says "loading"
+            engine.reserve(args.slots, model.config.sequence_len)
+            engine.warmup()
+        engines.append(engine)
     print0(f"loaded {model_name} on {', '.join(map(str, devices))}")
     return engines, tokenizer, model.config.sequence_len
 
@@ -111,11 +123,11 @@ loopback = args.host in LOOPBACK_HOSTS or args.host.startswith("127.")
 allowed_hosts = LOOPBACK_HOSTS | {host_name(args.host)} if loopback else None
 settings = ServerSettings(
     defaults=SamplingDefaults(args.temperature, args.top_k, args.max_tokens),
-    queue_size=args.queue_size, wait_timeout=args.queue_timeout, api_key=args.api_key or None,
+    slots=args.slots, queue_size=args.queue_size, wait_timeout=args.queue_timeout, api_key=args.api_key or None,
     cors_origins=args.cors_origin, model_name=model_name, model_created=created, allowed_hosts=allowed_hosts,
 )
 app = create_app(settings, load_replicas)
-print0(f"chat_web: {model_name} on {len(devices)} {device_type} replica(s), queue {args.queue_size}, "
+print0(f"chat_web: {model_name} on {len(devices)} {device_type} replica(s), {args.slots} slots each, queue {args.queue_size}, "
        f"API key {'required' if settings.api_key else 'off'}: http://{args.host}:{args.port}/")
 
 # -------------------------------------------------------------------------------------------------

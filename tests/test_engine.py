@@ -1,9 +1,11 @@
-"""Engine ↔ GPT.generate, independent rows, stopping, KV growth, tool forcing, StreamDecoder."""
+"""Engine ↔ GPT.generate, the static cache, device sampling, independent rows, stopping, tool forcing,
+the tool-call reader, StreamDecoder."""
 
 import pytest
 import torch
 
-from nanochat.engine import Engine, RowState, StreamDecoder
+import nanochat.engine as engine_module
+from nanochat.engine import Engine, RowState, SamplingParams, StreamDecoder, ToolCallReader, sample_tokens
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import Tokenizer
 
@@ -92,19 +94,27 @@ def test_streaming_columns(tok):
     assert all(len(col) == 2 and masks == [1, 1] and col[0] == col[1] for col, masks in steps)
 
 
-def test_kv_cache_grows_past_initial_size(tok, monkeypatch):
-    # sequence_len 8: the cache starts at prompt + 8 positions, generation runs to the rotary end (80)
+def test_runs_to_the_rotary_end_past_the_window(tok):
+    # sequence_len 8: the rotary table has 80 positions, and max_tokens None runs to its end
     model = build(tok, sequence_len=8)
-    caches = []
-    new_cache = model.new_kv_cache
-    monkeypatch.setattr(model, "new_kv_cache", lambda *a, **k: caches.append(new_cache(*a, **k)) or caches[-1])
     prompt = [5, 6, 7]
-    out = [col[0] for col, _ in Engine(model, tok).generate(prompt, max_tokens=None, temperature=0.0)]
+    engine = Engine(model, tok)
+    out = [col[0] for col, _ in engine.generate(prompt, max_tokens=None, temperature=0.0)]
     ref = list(model.generate(prompt, max_tokens=len(out), temperature=0.0))
     assert out == ref
     assert len(out) == 80 - len(prompt) or out[-1] in {sp(tok, "assistant_end"), sp(tok, "bos")}
-    assert len(out) > 30, "the random model stopped too early to exercise cache growth"
-    assert caches[0].max_seq_len > len(prompt) + 8  # it grew
+    assert len(out) > 30, "the random model stopped too early to cross several length buckets"
+    assert engine.max_len == 80
+
+
+def test_chunked_prefill_matches_reference(tok, monkeypatch):
+    monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 3)  # a 10-token prompt in chunks of 3, 3, 3, 1
+    model = build(tok)
+    prompt = list(range(60, 70))
+    ref = list(model.generate(prompt, max_tokens=12, temperature=0.0))
+    seqs, _ = Engine(model, tok).generate_batch(prompt, max_tokens=12, temperature=0.0)
+    completion = seqs[0][len(prompt):]
+    assert completion == ref[:len(completion)] and len(completion) > 3
 
 
 def test_generate_arguments_are_checked_eagerly(tok):
@@ -223,7 +233,7 @@ def test_row_state_machine(tok):
     out_start, out_end = sp(tok, "output_start"), sp(tok, "output_end")
     for t in tok.encode("hi "):
         row.push(t)
-    assert not row.forced and row.tool_tokens is None
+    assert not row.forced and row.reader.call is None
     row.push(py_start)
     for t in tok.encode("'a,b'.count(',') + 1,000"):
         row.push(t)
@@ -252,6 +262,45 @@ def test_row_state_machine(tok):
     assert fresh.done and fresh.terminal == sp(tok, "assistant_end")
 
 
+def test_tool_call_reader_kinds(tok):
+    reader = ToolCallReader(tok)
+    ids = tok.encode("a") + [sp(tok, "python_start")] + tok.encode("1+1") + [sp(tok, "python_end"),
+          sp(tok, "output_start")] + tok.encode("2") + [sp(tok, "output_end"), sp(tok, "user_start"),
+          sp(tok, "python_end"), sp(tok, "assistant_end")]
+    kinds = [reader.read(t) for t in ids]
+    assert kinds == ["text", "call_start", "call", "call", "call", "call_end", "output_start", "output",
+                     "output_end", "special", "special", "end"]  # a <|python_end|> outside a call is just special
+    assert tok.decode(reader.expr_ids) == "1+1" and tok.decode(reader.result_ids) == "2"
+
+
+# -------------------------------------------------------------------------------------------------
+# Device sampling
+
+
+def test_sample_tokens_respects_top_k_top_p_and_temperature():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(3, -1)  # (3, 4)
+    params = [SamplingParams(temperature=1.0, top_k=2), SamplingParams(temperature=1.0, top_p=0.7),
+              SamplingParams(temperature=0.0)]
+    seen = [set() for _ in params]
+    counts = torch.zeros(4)
+    for counter in range(400):
+        ids = sample_tokens(logits, params, seeds=[1, 2, 3], counters=[counter] * 3)
+        for s, i in zip(seen, ids):
+            s.add(i)
+        counts[sample_tokens(logits[:1], [SamplingParams()], [7], [counter])[0]] += 1
+    assert seen == [{0, 1}, {0, 1}, {0}]  # top-k 2; top-p 0.7 needs 0.5 + 0.3; greedy
+    assert torch.allclose(counts / counts.sum(), torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.08)  # a real sample
+    # the noise is a function of (seed, counter): same inputs, same ids; the rows do not interact
+    a = sample_tokens(logits, [SamplingParams()] * 3, [5, 6, 7], [9, 9, 9])
+    assert a == sample_tokens(logits, [SamplingParams()] * 3, [5, 6, 7], [9, 9, 9])
+    assert a[1] == sample_tokens(logits[:1], [SamplingParams()], [6], [9])[0]
+    # the full sort (top-k off over a large vocab) and torch.topk agree where the winner is in both
+    peaked = torch.randn(4, 2000, generator=torch.Generator().manual_seed(0)) * 8  # (4, V)
+    for counter in range(5):
+        full = sample_tokens(peaked, [SamplingParams(top_k=0)] * 4, [1, 2, 3, 4], [counter] * 4)
+        assert full == sample_tokens(peaked, [SamplingParams(top_k=1000)] * 4, [1, 2, 3, 4], [counter] * 4)
+
+
 # -------------------------------------------------------------------------------------------------
 # StreamDecoder
 
@@ -272,3 +321,50 @@ def test_stream_decoder_holds_back_split_characters(tok):
     assert dec.flush() == "\ufffd"  # a stream that ends mid-character
     assert dec.feed(ord("a")) == "a"  # flush reset it
     assert StreamDecoder(tok).feed(0xFF) == "\ufffd"  # invalid byte
+
+
+def test_bf16_engine_casts_once_and_follows_training(tok):
+    model = build(tok)
+    prompt = [40, 41, 42]
+    engine = Engine(model, tok, dtype=torch.bfloat16)
+    seqs, _ = engine.generate_batch(prompt, max_tokens=8, temperature=0.0)
+    assert engine.k_cache.dtype == torch.bfloat16 and engine.weights()["lm_head"].dtype == torch.bfloat16
+    # an in-place update (an optimizer step) reaches the cast copy; a fresh engine agrees
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)
+    again, _ = engine.generate_batch(prompt, max_tokens=8, temperature=0.0)
+    fresh, _ = Engine(model, tok, dtype=torch.bfloat16).generate_batch(prompt, max_tokens=8, temperature=0.0)
+    assert again == fresh and again != seqs
+    # dtype None follows the caller's autocast
+    auto = Engine(model, tok)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under, _ = auto.generate_batch(prompt, max_tokens=8, temperature=0.0)
+    assert auto.dtype == torch.bfloat16 and under == fresh
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_matches_eager(tok):
+    # torch.compile on CPU (inductor, C++): about a minute per (batch, length) bucket on a busy box
+    model = build(tok)
+    prompt = [40, 41, 42]
+    compiled = Engine(model, tok, compile=True)
+    seqs, _ = compiled.generate_batch(prompt, num_samples=2, max_tokens=12, temperature=0.0)
+    assert compiled._step is not engine_module.decode_step, "the compiled step fell back to eager"
+    eager, _ = Engine(model, tok).generate_batch(prompt, num_samples=2, max_tokens=12, temperature=0.0)
+    assert seqs == eager
+
+
+def test_warmup_touches_every_bucket_and_changes_nothing(tok):
+    model = build(tok)
+    engine = Engine(model, tok)
+    shapes = []
+    step = engine._step
+    engine._step = lambda m, w, k, v, tokens, pos, length: shapes.append((len(tokens), length)) or \
+        step(m, w, k, v, tokens, pos, length)
+    engine.reserve(4, 100)
+    engine.warmup()
+    assert sorted(set(shapes)) == [(b, n) for b in (1, 2, 4) for n in (64, 100)]
+    prompt = [40, 41, 42]
+    seqs, _ = engine.generate_batch(prompt, num_samples=3, max_tokens=10, temperature=0.0)
+    ref = list(model.generate(prompt, max_tokens=10, temperature=0.0))
+    assert all(s[len(prompt):] == ref[:len(s) - len(prompt)] for s in seqs)
