@@ -1,7 +1,7 @@
 """Optimizers: Muon for the transformer's matrices, AdamW for the embedding and the head.
 
-One class each serves 1 and N processes (STYLE §8). With N > 1 they work ZeRO-2 style:
-gradients are reduce-scattered (summed, then divided by N, so the update equals one process
+One class each serves 1 and N processes, so there is no single-process twin to drift. With N > 1
+they work ZeRO-2 style: gradients are reduce-scattered (summed, then divided by N, so the update equals one process
 averaging the same global batch), each rank updates and keeps optimizer state only for its shard,
 and the updated parameters are all-gathered. With one process every collective is skipped and
 the rank owns everything.

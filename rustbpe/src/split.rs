@@ -10,7 +10,7 @@
 use regex_syntax::hir::{Class, HirKind};
 use std::sync::OnceLock;
 
-/// GPT-4's split pattern with numbers in runs of 1-2 digits (SPEC §3).
+/// GPT-4's split pattern, with numbers in runs of 1-2 digits (not 1-3) to suit smaller vocabularies.
 pub const DEFAULT_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
 
 const L: u8 = 1; // \p{L}
