@@ -9,6 +9,7 @@ top to bottom; this module holds the pieces they would otherwise each write agai
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import sys
 import time
@@ -269,11 +270,11 @@ class PendingBatches:
             self.x, self.y, self.next_cursor = next(self.loader)
 
 
-def timed(run: Run, fn: Callable[[], Any]) -> tuple[Any, float]:
-    """(fn(), seconds), the device synchronised before and after."""
+def timed(run: Run, fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, float]:
+    """(fn(*args, **kwargs), seconds), the device synchronised before and after."""
     run.sync()
     t0 = time.time()
-    out = fn()
+    out = fn(*args, **kwargs)
     run.sync()
     return out, time.time() - t0
 
@@ -355,8 +356,8 @@ def auto_device_batch_size(model: torch.nn.Module, optimizers: list, autocast, s
         x = torch.randint(0, vocab_size, (b, seq_len), device=device)
         resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0  # weights, optimizer state
         try:
-            peak, _ = step_memory(lambda: train_step(forward, optimizers, [(x, x)], autocast, lrm=0.0,
-                                                     exit_on_oom=False), device, largest=False)
+            peak, _ = step_memory(functools.partial(train_step, forward, optimizers, [(x, x)], autocast, lrm=0.0,
+                                                           exit_on_oom=False), device, largest=False)
             peak += resident
             fits = peak <= budget_bytes
             tried.append(f"{b}: peak {peak / GIB:.2f} GiB" + ("" if fits else " (over the budget)"))

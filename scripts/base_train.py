@@ -194,8 +194,8 @@ while True:
 
     # --- one optimizer step -------------------------------------------------------------------
     lrm = lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
-    losses, dt = timed(run, lambda: train_step(model, optimizers, train_batches.take(grad_accum_steps), autocast, lrm,
-                                               momentum=muon_momentum(step), loss_scale=1 / grad_accum_steps))
+    losses, dt = timed(run, train_step, model, optimizers, train_batches.take(grad_accum_steps), autocast, lrm,
+                       momentum=muon_momentum(step), loss_scale=1 / grad_accum_steps)
     train_loss = losses[-1]
     step += 1
 

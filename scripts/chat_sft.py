@@ -192,8 +192,8 @@ while True:
     # averages gradients over processes, hence × world_size
     num_tokens = reduce_sum(sum((y >= 0).sum() for _, y in micro).float()).clamp(min=1)
     lrm = lr_multiplier(step, num_iterations, 0.0, 1.0, 0.0)  # linear decay to zero
-    losses, dt = timed(run, lambda: train_step(model, optimizers, micro, autocast, lrm, reduction="sum",
-                                               loss_scale=world_size / num_tokens))
+    losses, dt = timed(run, train_step, model, optimizers, micro, autocast, lrm, reduction="sum",
+                       loss_scale=world_size / num_tokens)
     step += 1
     train_loss = (reduce_sum(torch.stack(losses).sum()) / num_tokens).item()
     line, numbers = steplog.update(step, train_loss, lrm, dt, int(num_tokens.item()))

@@ -154,8 +154,8 @@ while True:
         break
 
     lrm = lr_multiplier(step, num_iterations, 0.0, args.warmdown_ratio, 0.0)
-    losses, dt = timed(run, lambda: train_step(model, optimizers, train_batches.take(grad_accum_steps), autocast, lrm,
-                                               loss_scale=1 / grad_accum_steps))
+    losses, dt = timed(run, train_step, model, optimizers, train_batches.take(grad_accum_steps), autocast, lrm,
+                       loss_scale=1 / grad_accum_steps)
     train_loss = losses[-1]
     step += 1
     line, numbers = steplog.update(step, train_loss.item(), lrm, dt, args.total_batch_size)
