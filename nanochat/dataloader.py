@@ -37,14 +37,21 @@ def _documents(files: list[str], rank: int, world: int, start: dict) -> Iterator
     epoch = start["epoch"]
     first = (start["shard"], start["row_group"], start["doc"])
     while True:
+        read = 0
         for shard in range(first[0], len(files)):
             pf = pq.ParquetFile(files[shard])
             rg0 = first[1] if shard == first[0] else rank
             for rg in range(rg0, pf.num_row_groups, world):
                 texts = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+                read += 1
                 d0 = first[2] if (shard, rg) == first[:2] else 0
                 for d in range(d0, len(texts)):
                     yield (epoch, shard, rg, d), texts[d]
+        if read == 0 and first[:2] == (0, rank):  # a whole epoch without a row group for this rank
+            groups = max(pq.ParquetFile(f).num_row_groups for f in files)
+            raise ValueError(f"rank {rank} of {world} has no data: the shards have at most {groups} row groups, "
+                             f"one per rank is needed; rebuild the offline corpus (delete base_data and run "
+                             f"`python -m nanochat.data --source offline`) or use fewer processes")
         epoch += 1
         first = (0, rank, 0)
         logger.info("dataloader: rank %d starts epoch %d over %d shard(s)", rank, epoch, len(files))

@@ -87,3 +87,10 @@ def test_loops_over_epochs(corpus, caplog):
     loader = tokenizing_distributed_data_loader(tok, 4, 64, "train", files=files[:1], rank=0, world_size=1)
     epochs = {state["epoch"] for _, _, state in _take(loader, 12)}
     assert max(epochs) >= 1
+
+
+def test_a_rank_without_row_groups_is_an_error_not_a_hang(corpus):
+    # 4 row groups per shard: rank 5 of 6 would wait forever for a document; it says why instead
+    files, tok = corpus
+    with pytest.raises(ValueError, match="rank 5 of 6 has no data: the shards have at most 4 row groups"):
+        next(tokenizing_distributed_data_loader(tok, 2, 16, "train", files=files, rank=5, world_size=6))

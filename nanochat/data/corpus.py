@@ -53,7 +53,7 @@ MAX_DOC_CHARS = 20_000  # longer files are split at paragraph boundaries
 MIN_DOC_CHARS = 64  # shorter documents (empty __init__.py, "hi" conversations) teach nothing
 GROUP_CHARS = 4_000  # dictionary entries / synsets / lines are packed into documents of about this size
 VAL_FRACTION = 0.01
-VAL_MIN_ROW_GROUPS = 8  # the small val shard still gets a row group for each of up to 8 ranks
+MIN_ROW_GROUPS = 8  # every shard has a row group for each of up to 8 ranks (the loader strides row groups)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -464,8 +464,8 @@ def build_offline_corpus(*, roots: dict[str, str | os.PathLike] | None = None, d
             shards = []
             for i, group in enumerate(groups):
                 is_val = i == len(groups) - 1
-                # the small val shard still gets a row group for each of up to VAL_MIN_ROW_GROUPS ranks
-                rows = max(1, min(ROW_GROUP_DOCS, len(group) // VAL_MIN_ROW_GROUPS)) if is_val else ROW_GROUP_DOCS
+                # rank r of W reads row groups r, r+W, ...: a shard of 2 row groups would starve ranks 2..7
+                rows = max(1, min(ROW_GROUP_DOCS, len(group) // MIN_ROW_GROUPS))
                 _write_shard(staging / shard_name(i), group, rows)
                 shards.append({"file": shard_name(i), "split": "val" if is_val else "train",
                                "documents": len(group), "characters": sum(map(len, group))})
