@@ -26,7 +26,6 @@ import json
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -114,7 +113,7 @@ def engine_variant(engine) -> callable:
     def run(batch: int) -> int:
         n = 0
         with autocast:
-            for column, masks in engine.generate(prompt, num_samples=batch, max_tokens=args.max_new_tokens,
+            for _, masks in engine.generate(prompt, num_samples=batch, max_tokens=args.max_new_tokens,
                                                  temperature=1.0, top_k=args.top_k):
                 n += sum(masks)
         return n
@@ -180,7 +179,7 @@ for batch in args.batch_sizes:
 
 times = {(name, b): [] for name in variants for b in args.batch_sizes}
 tokens = {}
-for r in range(args.rounds):
+for _ in range(args.rounds):
     for batch in args.batch_sizes:
         for name, run in variants.items():
             if device.type == "cuda":

@@ -36,6 +36,8 @@ import threading
 import time
 from pathlib import Path
 
+from nanochat.common import stop_process
+
 REPO = Path(__file__).resolve().parent.parent
 
 parser = argparse.ArgumentParser(description="Benchmark the web chat server under concurrent load on loopback.")
@@ -156,7 +158,7 @@ def start_server() -> tuple[subprocess.Popen, str]:
         except OSError:
             pass
         time.sleep(0.2)
-    proc.terminate()
+    stop_process(proc)
     raise SystemExit("bench_serve: the server did not become ready within 300 s")
 
 
@@ -266,12 +268,7 @@ try:
         rows.append(scenario(addr, concurrency, True))
     peer.round(2)
 finally:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
     if workdir is not None:
         workdir.cleanup()
 engine_peer = peer.summary()
@@ -292,7 +289,8 @@ print("|" + "|".join("---:" for _ in head) + "|")
 base = rows[0]
 for r in rows:
     print(f"| {r['concurrency']} | {r['requests'] - r['failed']}/{r['requests']} "
-          f"| {r['wall_s']:.2f} | {r['tok_s']:.1f} | {r['tok_s'] / base['tok_s']:.2f}x | {r['tok_s'] / engine_peer['tok_s']:.2f}x "
+          f"| {r['wall_s']:.2f} | {r['tok_s']:.1f} | {r['tok_s'] / base['tok_s']:.2f}x "
+          f"| {r['tok_s'] / engine_peer['tok_s']:.2f}x "
           f"| {fmt(r['ttft_p50_ms'])} | {fmt(r['ttft_p99_ms'])} | {fmt(r['itl_p50_ms'], '.2f')} "
           f"| {fmt(r['itl_p99_ms'], '.2f')} | {fmt(r['latency_p50_ms'])} | {fmt(r['latency_p99_ms'])} |")
 print(f"(times in ms; 'vs 1 client' is against the {base['concurrency']}-client row)")

@@ -10,6 +10,7 @@ thread count, so peak RSS is per trainer. Prints a table, the speed ratios, and 
 
 import argparse
 import gzip
+import importlib
 import json
 import os
 import resource
@@ -53,17 +54,8 @@ def run_trainer(name: str, vocab_size: int, mb: int) -> dict:
     train, held = heldout_docs(collect_docs(mb))
     nbytes = sum(len(d.encode()) for d in train)
     t0 = time.perf_counter()
-    if name == "ours":
-        import nanochat_rustbpe
-
-        tok = nanochat_rustbpe.Tokenizer()
-        tok.train_from_iterator(iter(train), vocab_size, pattern=SPLIT_PATTERN)
-        dt = time.perf_counter() - t0
-        ranks = [b for b, _ in sorted(tok.get_mergeable_ranks(), key=lambda x: x[1])]
-        encode = tok.encode
-    elif name == "pypi_rustbpe":
-        import rustbpe
-
+    if name in ("ours", "pypi_rustbpe"):  # the two Rust trainers have the same Python API
+        rustbpe = importlib.import_module("nanochat_rustbpe" if name == "ours" else "rustbpe")
         tok = rustbpe.Tokenizer()
         tok.train_from_iterator(iter(train), vocab_size, pattern=SPLIT_PATTERN)
         dt = time.perf_counter() - t0
@@ -87,8 +79,9 @@ def run_trainer(name: str, vocab_size: int, mb: int) -> dict:
     held_bytes = sum(len(d.encode()) for d in held)
     held_tokens = sum(len(encode(d)) for d in held)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"trainer": name, "vocab_size": vocab_size, "train_s": dt, "mb": nbytes / 1e6, "mb_per_s": nbytes / 1e6 / dt,
-            "peak_rss_mb": peak_mb, "bytes_per_token": held_bytes / held_tokens, "ranks": ranks and [r.hex() for r in ranks]}
+    return {"trainer": name, "vocab_size": vocab_size, "train_s": dt, "mb": nbytes / 1e6,
+            "mb_per_s": nbytes / 1e6 / dt, "peak_rss_mb": peak_mb, "bytes_per_token": held_bytes / held_tokens,
+            "ranks": ranks and [r.hex() for r in ranks]}
 
 
 def bench_encode(mb: int, vocab_size: int) -> dict:

@@ -389,7 +389,8 @@ for depth in args.depths:
         g["speedup_vs_" + literal["label"].replace(" ", "_")] = best["tokens_per_s"] / literal["tokens_per_s"]
     goals[f"d{depth}"] = g
 if goals:
-    print0(f"\ngoals: bf16 tokens/s >= {SPEED_GOAL:.0f}x float32 compile, MFU >= {MFU_GOAL:.0%} of the row dtype's peak")
+    print0(f"\ngoals: bf16 tokens/s >= {SPEED_GOAL:.0f}x float32 compile, "
+           f"MFU >= {MFU_GOAL:.0%} of the row dtype's peak")
     for name, g in goals.items():
         line = (f"{name}: {g['fastest_bf16']} {g['speedup']:.2f}x (speed goal "
                 + ("met" if g["speedup"] >= SPEED_GOAL else "MISSED") + f"), MFU {g['mfu']:.1%} (MFU goal "

@@ -1,7 +1,7 @@
 """Check that the Hugging Face tokenizer.json built by nanochat.hf_format encodes like our tiktoken
 tokenizer, on real files: a larger, more varied check than tests/test_export_hf.py can afford.
 
-    python -m dev.hf_tokenizer_parity                                # train 4096 tokens on half the stdlib, check the other half
+    python -m dev.hf_tokenizer_parity    # train 4096 tokens on half the stdlib, check the other half
     python -m dev.hf_tokenizer_parity --vocab-size 16384 --max-mb 20
     python -m dev.hf_tokenizer_parity --tokenizer-dir ~/.cache/nanochat/tokenizer   # your trained tokenizer
 

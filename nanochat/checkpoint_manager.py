@@ -110,7 +110,8 @@ def save_checkpoint(checkpoint_dir: str | os.PathLike, step: int, model: torch.n
     _barrier()
     if rank == 0:
         files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
-        _write_json(tmp / "meta.json", {"format": FORMAT, "step": step, "world_size": world_size, **meta, "files": files})
+        _write_json(tmp / "meta.json",
+                    {"format": FORMAT, "step": step, "world_size": world_size, **meta, "files": files})
         # commit: swap the directory into place (an older save of the same step is replaced);
         # _recover() repairs a crash between the two renames
         old = final.with_name(final.name + ".old")

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -101,6 +102,16 @@ def file_lock(path: str | os.PathLike):
     locks.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha1(str(path).encode()).hexdigest()[:16]
     return FileLock(str(locks / f"{path.name}-{key}.lock"))
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """Ask `proc` to exit (SIGTERM), kill it if it is still running after `grace` seconds, and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def get_rank() -> int:

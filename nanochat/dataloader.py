@@ -140,7 +140,8 @@ def conversation_data_loader(tokenizer, task, B: int, T: int, device: str | torc
     yield from _pack_batches(sequences(), B, T, device, skip=state["token"], state_keys=("epoch", "example"))
 
 
-def padded_batch(rows: list[tuple[list[int], list[int]]], pad_id: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def padded_batch(rows: list[tuple[list[int], list[int]]], pad_id: int,
+                 device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask) rows -> inputs (B, L) and targets (B, L) for next-token training, L = longest - 1.
     A target is kept only where the mask of the token it predicts is 1; elsewhere, and in the
     padding, it is -1 (ignored by the loss)."""

@@ -33,8 +33,8 @@ import codecs
 import functools
 import logging
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -221,7 +221,7 @@ def sample_tokens(logits: Tensor, params: list[SamplingParams], seeds: list[int]
     Among the allowed tokens (the top_k largest logits, then the smallest set of those whose
     probability reaches top_p) the chosen one maximises logit/temperature + Gumbel noise, which is
     a sample from the softmax at that temperature."""
-    device, (B, V) = logits.device, logits.shape
+    device, V = logits.device, logits.size(1)
     greedy = logits.argmax(dim=-1)  # (B,)
     if all(p.temperature == 0 for p in params):
         return greedy.tolist()
@@ -423,7 +423,8 @@ class Engine:
             self._weights = {"wte": cast(m.transformer.wte.weight), "lm_head": cast(m.lm_head.weight), "layers": [
                 tuple(cast(lin.weight) for lin in (b.attn.c_q, b.attn.c_k, b.attn.c_v, b.attn.c_proj, b.mlp.c_fc,
                                                    b.mlp.c_proj)) for b in m.transformer.h]}
-            self._static(self._weights["wte"], self._weights["lm_head"], *(t for lw in self._weights["layers"] for t in lw))
+            layer_weights = (t for lw in self._weights["layers"] for t in lw)
+            self._static(self._weights["wte"], self._weights["lm_head"], *layer_weights)
         for i, (p, version, copy) in enumerate(self._casts):
             if p._version != version:  # trained since: copy in place, so the addresses stay
                 copy.copy_(p.detach())
@@ -543,7 +544,8 @@ class Engine:
             for row in rows:
                 scheduler.cancel(row)
 
-    def generate_batch(self, tokens: list[int], num_samples: int = 1, **kwargs) -> tuple[list[list[int]], list[list[int]]]:
+    def generate_batch(self, tokens: list[int], num_samples: int = 1,
+                       **kwargs) -> tuple[list[list[int]], list[list[int]]]:
         """Run generate() to the end. Returns per row the prompt + completion (the terminal token
         left out) and its mask (0 for the prompt and forced tool output, 1 for sampled tokens)."""
         results = [list(tokens) for _ in range(num_samples)]

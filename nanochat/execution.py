@@ -69,6 +69,7 @@ MEMORY_EXIT_CODE = 86  # the bootstrap's exit status after a MemoryError
 
 # Runs inside the sandbox before the program: limits, then the program as __main__. With supervise=1
 # it forks first; the parent adopts orphans (child subreaper) and kills them when the program ends.
+# Its descendants() repeats _descendants() below: it runs under `python -I -S` and cannot import nanochat.
 _BOOTSTRAP = """
 import os, resource, runpy, signal, sys, time
 cpu, mem, fsize, nofile, nproc, supervise = (int(a) for a in sys.argv[1:7])
@@ -89,7 +90,7 @@ def descendants():
         return []  # no procfs (not Linux): only the process group kill remains
     for name in filter(str.isdigit, names):
         try:
-            with open("/proc/%%s/stat" %% name, "rb") as f:
+            with open("/proc/%s/stat" % name, "rb") as f:
                 ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
@@ -137,8 +138,8 @@ try:
     runpy.run_path(path, run_name="__main__")
 except MemoryError:
     os.write(2, b"MemoryError: memory limit exceeded\\n")
-    os._exit(%d)
-""" % MEMORY_EXIT_CODE
+    os._exit(MEMORY_EXIT_CODE)
+""".replace("MEMORY_EXIT_CODE", str(MEMORY_EXIT_CODE))
 
 # Runs as root of the new user namespace: build the box's filesystem view in a tmpfs, pivot into it,
 # then drop every capability and exec the bootstrap. Arguments: the box directory (becomes /tmp),
@@ -238,7 +239,8 @@ def isolation() -> str:
     finally:
         _remove_tree(top)
     if proc.returncode != 0:
-        logger.info("sandbox without namespaces (unshare failed: %s)", proc.stderr.decode(errors="replace").strip()[:200])
+        reason = proc.stderr.decode(errors="replace").strip()[:200]
+        logger.info("sandbox without namespaces (unshare failed: %s)", reason)
         return "basic"
     return "namespaces"
 
@@ -383,7 +385,8 @@ def _kill_tree(pid: int) -> None:
 
 def _result(returncode: int, killed_at_deadline: bool, stdout: str, stderr: str, timeout: float) -> ExecutionResult:
     if killed_at_deadline or returncode == -signal.SIGXCPU:  # SIGXCPU: the CPU-seconds rlimit
-        return ExecutionResult(False, timeout=True, error=f"timed out after {timeout:g} s", stdout=stdout, stderr=stderr)
+        return ExecutionResult(False, timeout=True, error=f"timed out after {timeout:g} s", stdout=stdout,
+                               stderr=stderr)
     if returncode == MEMORY_EXIT_CODE or (returncode != 0 and "MemoryError" in stderr[-2000:]):
         return ExecutionResult(False, memory_exceeded=True, error="memory limit exceeded", stdout=stdout, stderr=stderr)
     if returncode == 0:

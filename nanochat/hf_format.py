@@ -239,7 +239,8 @@ def tokenizer_from_hf(path: str | os.PathLike) -> Tokenizer:
         raise HFFormatError(f"{path} holds a {data['model'].get('type')} model; only byte-level BPE can be imported")
     pattern = _split_pattern(data.get("pre_tokenizer"))
     if pattern is None:
-        raise HFFormatError(f"{path} has no regex Split pre-tokenizer followed by ByteLevel: not a tiktoken-style tokenizer")
+        raise HFFormatError(f"{path} has no regex Split pre-tokenizer followed by ByteLevel: "
+                            "not a tiktoken-style tokenizer")
     to_byte = {c: b for b, c in _byte_to_unicode().items()}
     try:
         ranks = {bytes(to_byte[c] for c in token): i for token, i in vocab.items()}
@@ -248,7 +249,8 @@ def tokenizer_from_hf(path: str | os.PathLike) -> Tokenizer:
     n = len(ranks)
     expected = {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}
     if any(added.get(name) != i for name, i in expected.items()):
-        raise HFFormatError(f"{path} does not have nanochat's special tokens {SPECIAL_TOKENS} at ids {n}..{n + len(SPECIAL_TOKENS) - 1}")
+        raise HFFormatError(f"{path} does not have nanochat's special tokens {SPECIAL_TOKENS} "
+                            f"at ids {n}..{n + len(SPECIAL_TOKENS) - 1}")
     try:
         return Tokenizer.from_ranks(ranks, pattern)
     except Exception as e:  # tiktoken rejects a pattern it cannot compile, ranks with holes, ...
@@ -281,7 +283,8 @@ CHAT_TEMPLATE = (
     "<|bos|>"
     "{%- for message in turns -%}"
     "{%- if message['role'] != ('user' if loop.index0 % 2 == 0 else 'assistant') -%}"
-    "{{- raise_exception('roles must alternate user/assistant, starting with the user (a system message may come first)') -}}"
+    "{{- raise_exception('roles must alternate user/assistant, starting with the user "
+    "(a system message may come first)') -}}"
     "{%- endif -%}"
     "{%- if message['role'] == 'user' -%}"
     "{{- '<|user_start|>' ~ (system_prefix if loop.first else '') ~ message['content'] ~ '<|user_end|>' -}}"
@@ -378,7 +381,8 @@ def load_hf(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], GPTConf
     model.safetensors or shards listed in model.safetensors.index.json."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise HFFormatError(f"{folder} is not a folder; download a model first (`hf download REPO --local-dir {folder}`)")
+        raise HFFormatError(f"{folder} is not a folder; download a model first "
+                            f"(`hf download REPO --local-dir {folder}`)")
     try:
         hf = json.loads((folder / "config.json").read_text())
     except FileNotFoundError:

@@ -35,7 +35,8 @@ script sets `group["lr"]` (and `group["momentum"]` for the 0.85 → 0.95 ramp) b
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -95,7 +95,7 @@ class Scheduler:
 
     def step(self) -> list[tuple[Row, int, int]]:
         """Leave, decode, join. Returns the (row, token, mask) emitted this step."""
-        for slot, row in list(self.running.items()):
+        for row in list(self.running.values()):
             if row.cancelled:
                 self._leave(row, "cancelled")
         events = []

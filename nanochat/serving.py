@@ -722,7 +722,7 @@ class WorkerPool:
                 events = scheduler.step()
             except Exception as e:  # never let one bad step take the replica down: fail its jobs, start afresh
                 logger.exception("generation failed on replica %s", replica.name)
-                for row, job in list(replica.jobs.items()):
+                for job in list(replica.jobs.values()):
                     self._finish(replica, job, "error", f"generation failed: {type(e).__name__}: {e}"[:500])
                 replica.jobs.clear()
                 replica.scheduler = scheduler = type(scheduler)(replica.engine, scheduler.slots, scheduler.max_len)
@@ -787,7 +787,7 @@ class CompletionMeta:
     model: str
 
     @classmethod
-    def new(cls, model: str, prefix: str = "chatcmpl-") -> "CompletionMeta":
+    def new(cls, model: str, prefix: str = "chatcmpl-") -> CompletionMeta:
         return cls(prefix + secrets.token_hex(12), int(time.time()), model)
 
 

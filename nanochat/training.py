@@ -29,6 +29,11 @@ from nanochat.common import autodetect_dtype, compute_init, print0
 
 GIB = 2**30
 
+# what base_train and base_loss complete to show what a base model knows
+SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
+                  "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
+                  "The planets of the solar system are:", "My favorite color is", "If 5*x + 3 = 13, then x is"]
+
 # -------------------------------------------------------------------------------------------------
 # Flag types: argparse reports a bad value as "argument --x: invalid ... value" and exits 2
 
@@ -56,6 +61,28 @@ def unit_fraction(text: str) -> float:
 def batch_size_or_auto(text: str) -> int | str:
     """--device-batch-size: a positive int, or 'auto' (see auto_device_batch_size)."""
     return "auto" if text == "auto" else positive_int(text)
+
+
+def add_run_flags(parser: argparse.ArgumentParser, compile_default: str | None = "auto",
+                  compile_help: str = "torch.compile (auto: on for CUDA)") -> None:
+    """The flags init_run reads: --run, --device-type, --dtype and, unless compile_default is None, --compile."""
+    parser.add_argument("--run", default="dummy", help="wandb run name ('dummy' = no wandb)")
+    parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="autocast dtype for matmuls (weights and optimizer state stay float32)")
+    if compile_default is not None:
+        parser.add_argument("--compile", default=compile_default, choices=["auto", "on", "off"], help=compile_help)
+
+
+def add_lr_flags(parser: argparse.ArgumentParser, init_lr_frac: float | None = None) -> None:
+    """The learning rates GPT.setup_optimizers takes and, for a stage that starts from a trained
+    model (init_lr_frac given), --init-lr-frac: the fraction of them it starts at."""
+    parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embedding (scaled by width)")
+    parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of the head (scaled by width)")
+    parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr of the block matrices")
+    if init_lr_frac is not None:
+        parser.add_argument("--init-lr-frac", type=unit_fraction, default=init_lr_frac,
+                            help="learning rates relative to the flags above")
 
 
 # -------------------------------------------------------------------------------------------------

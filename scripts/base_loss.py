@@ -11,12 +11,9 @@ from nanochat.common import ScriptParser, compute_cleanup, compute_init, print0,
 from nanochat.dataloader import tokenizing_distributed_data_loader
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.report import log_section
-from nanochat.training import precision
 from nanochat.tokenizer import get_token_bytes
+from nanochat.training import SAMPLE_PROMPTS, precision
 
-PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
-           "The opposite of hot is", "The planets of the solar system are:", "My favorite color is",
-           "If 5*x + 3 = 13, then x is"]
 
 # -------------------------------------------------------------------------------------------------
 parser = ScriptParser(__file__, "Bits per byte and samples of a base checkpoint.")
@@ -36,7 +33,7 @@ ddp, rank, local_rank, world_size, device = compute_init(args.device_type)
 try:
     model, tokenizer, meta = load_model("base", device, phase="eval", model_tag=args.model_tag, step=args.step)
 except CheckpointError as e:
-    raise SystemExit(f"base_loss: {e}")
+    raise SystemExit(f"base_loss: {e}") from None
 dtype_name, autocast = precision(device.type, args.dtype)
 token_bytes = get_token_bytes(device)
 T = model.config.sequence_len
@@ -50,7 +47,7 @@ for split in ("train", "val"):
 
 samples = []
 if rank == 0:
-    for prompt in PROMPTS:
+    for prompt in SAMPLE_PROMPTS:
         ids = tokenizer.encode(prompt, prepend="<|bos|>")
         with autocast:
             out = list(model.generate(ids, max_tokens=16, temperature=0))

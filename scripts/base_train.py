@@ -25,17 +25,13 @@ from nanochat.gpt import GPT, GPTConfig
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.report import log_section
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import (PendingBatches, StepLog, auto_device_batch_size, batch_candidates, batch_size_or_auto, init_run,
-                               lr_multiplier, muon_momentum, positive_int, resume, timed, train_step,
-                               unit_fraction)
+from nanochat.training import (SAMPLE_PROMPTS, PendingBatches, StepLog, add_lr_flags, add_run_flags,
+                               auto_device_batch_size, batch_candidates, batch_size_or_auto, init_run, lr_multiplier,
+                               muon_momentum, positive_int, resume, timed, train_step, unit_fraction)
 
 # -------------------------------------------------------------------------------------------------
 parser = ScriptParser(__file__, "Pretrain the base model.")
-parser.add_argument("--run", default="dummy", help="wandb run name ('dummy' = no wandb)")
-parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
-parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                    help="autocast dtype for matmuls (weights and optimizer state stay float32)")
-parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on for CUDA)")
+add_run_flags(parser)
 # model
 parser.add_argument("--depth", type=positive_int, default=20, help="the one dial: layers; width = 64*depth")
 parser.add_argument("--head-dim", type=positive_int, default=128, help="target attention head size")
@@ -48,22 +44,24 @@ parser.add_argument("--target-param-data-ratio", type=float, default=20, help="t
 # batch
 parser.add_argument("--device-batch-size", type=batch_size_or_auto, default=32,
                     help="sequences per forward pass per process; auto: the largest that fits (CUDA), 8 elsewhere")
-parser.add_argument("--total-batch-size", type=positive_int, default=524288, help="tokens per optimizer step (all processes)")
+parser.add_argument("--total-batch-size", type=positive_int, default=524288,
+                    help="tokens per optimizer step (all processes)")
 # optimization
-parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embedding (scaled by width)")
-parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of the head (scaled by width)")
-parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr of the block matrices")
+add_lr_flags(parser)
 parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
 parser.add_argument("--warmup-ratio", type=unit_fraction, default=0.0, help="fraction of steps of linear LR warmup")
 parser.add_argument("--warmdown-ratio", type=unit_fraction, default=0.2, help="fraction of steps of linear LR warmdown")
 parser.add_argument("--final-lr-frac", type=unit_fraction, default=0.0, help="LR multiplier at the end of warmdown")
 # evaluation, sampling, checkpoints
-parser.add_argument("--eval-every", type=int, default=250, help="val bits-per-byte every N steps (-1 = only at the end)")
-parser.add_argument("--eval-tokens", type=positive_int, default=20 * 524288, help="tokens of validation text per evaluation")
+parser.add_argument("--eval-every", type=int, default=250,
+                    help="val bits-per-byte every N steps (-1 = only at the end)")
+parser.add_argument("--eval-tokens", type=positive_int, default=20 * 524288,
+                    help="tokens of validation text per evaluation")
 parser.add_argument("--sample-every", type=int, default=2000, help="print samples every N steps (-1 = only at the end)")
 parser.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (always at the end)")
 parser.add_argument("-g", "--model-tag", default=None, help="checkpoint directory name (default d<depth>)")
-parser.add_argument("--resume", action="store_true", help="continue from the last committed checkpoint of this model tag")
+parser.add_argument("--resume", action="store_true",
+                    help="continue from the last committed checkpoint of this model tag")
 parser.add_argument("--seed", type=int, default=42, help="seed of the initialisation")
 args = parser.parse_args()
 if args.warmup_ratio + args.warmdown_ratio > 1.0:
@@ -145,10 +143,6 @@ train_loader = tokenizing_distributed_data_loader(tokenizer, device_batch_size, 
                                                   device=device, resume_state=loader_cursor)
 train_batches = PendingBatches(train_loader, loader_cursor)
 eval_steps = max(1, args.eval_tokens // tokens_per_fwdbwd)
-
-
-SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
-                  "The opposite of hot is", "The planets of the solar system are:", "My favorite color is", "If 5*x + 3 = 13, then x is"]
 peak = peak_flops(device.type, dtype_name)
 
 # -------------------------------------------------------------------------------------------------

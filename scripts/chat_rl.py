@@ -23,19 +23,18 @@ from nanochat.engine import Engine
 from nanochat.report import log_section
 from nanochat.rl import policy_gradient_backward
 from nanochat.rl import rollouts as rl_rollouts
-from nanochat.training import init_run, load_source_or_exit, lr_multiplier, positive_int, set_lr, unit_fraction
+from nanochat.training import (add_lr_flags, add_run_flags, init_run, load_source_or_exit, lr_multiplier, positive_int,
+                               set_lr)
 from tasks.common import TaskDataError
 from tasks.gsm8k import GSM8K
 from tasks.toolmath import SyntheticMath
 
 # -------------------------------------------------------------------------------------------------
 parser = ScriptParser(__file__, "RL on math word problems with the task's checker as reward.")
-parser.add_argument("--run", default="dummy", help="wandb run name ('dummy' = no wandb)")
 parser.add_argument("-i", "--source", default="sft", choices=["base", "mid", "sft"], help="stage to start from")
 parser.add_argument("-g", "--model-tag", default=None, help="model tag to start from (default: the deepest)")
 parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step to start from (default: the last)")
-parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
-parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
+add_run_flags(parser, compile_default=None)
 parser.add_argument("--task", default="auto", choices=["auto", "gsm8k", "synthetic"],
                     help="problems: GSM8K (online) or synthetic word problems; auto = GSM8K if reachable")
 parser.add_argument("--num-steps", type=positive_int, default=200, help="optimizer steps")
@@ -44,10 +43,7 @@ parser.add_argument("--num-samples", type=positive_int, default=16, help="comple
 parser.add_argument("--max-new-tokens", type=positive_int, default=256, help="completion length limit")
 parser.add_argument("-t", "--temperature", type=float, default=1.0, help="sampling temperature")
 parser.add_argument("-k", "--top-k", type=int, default=50, help="sampling top-k (0 = off)")
-parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embedding (scaled by width)")
-parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of the head (scaled by width)")
-parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr of the block matrices")
-parser.add_argument("--init-lr-frac", type=unit_fraction, default=0.05, help="learning rates relative to the flags above")
+add_lr_flags(parser, init_lr_frac=0.05)
 parser.add_argument("--eval-every", type=int, default=50, help="pass@k on held-out problems every N steps (-1 = end)")
 parser.add_argument("--eval-examples", type=positive_int, default=100, help="held-out problems per evaluation")
 parser.add_argument("--eval-samples", type=positive_int, default=4, help="k of pass@k")
@@ -71,7 +67,7 @@ if args.task in ("auto", "gsm8k"):
         train_task, val_task = GSM8K("main", "train"), GSM8K("main", "test")
     except TaskDataError as e:
         if args.task == "gsm8k":
-            raise SystemExit(f"chat_rl: {e}")
+            raise SystemExit(f"chat_rl: {e}") from None
         print0("chat_rl: GSM8K train is not reachable: RL on synthetic word problems instead")
 if train_task is None:
     train_task, val_task = SyntheticMath(50_000, "train", seed=123), SyntheticMath(1000, "test")

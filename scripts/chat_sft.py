@@ -23,9 +23,9 @@ from nanochat.chat_metrics import categorical_accuracy, spread_indices
 from nanochat.common import ScriptParser, compute_cleanup, get_base_dir, peak_flops, print0, setup_logging
 from nanochat.dataloader import padded_batch
 from nanochat.report import log_section
-from nanochat.training import (StepLog, auto_device_batch_size, batch_candidates, batch_size_or_auto, init_run,
-                               load_source_or_exit, lr_multiplier, positive_int, resume, timed, train_step,
-                               unit_fraction)
+from nanochat.training import (StepLog, add_lr_flags, add_run_flags, auto_device_batch_size, batch_candidates,
+                               batch_size_or_auto, init_run, load_source_or_exit, lr_multiplier, positive_int, resume,
+                               timed, train_step)
 from tasks.arc import ARC
 from tasks.common import TaskDataError, TaskMixture
 from tasks.customjson import CustomJSON
@@ -37,27 +37,23 @@ from tasks.toolmath import SyntheticMath
 
 # -------------------------------------------------------------------------------------------------
 parser = ScriptParser(__file__, "Supervised finetuning on conversations.")
-parser.add_argument("--run", default="dummy", help="wandb run name ('dummy' = no wandb)")
 parser.add_argument("-i", "--source", default="mid", choices=["base", "mid"], help="stage to start from")
 parser.add_argument("-g", "--model-tag", default=None, help="model tag to start from (default: the deepest)")
 parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step to start from (default: the last)")
-parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
-parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
-parser.add_argument("--compile", default="off", choices=["auto", "on", "off"],
-                    help="torch.compile (auto: on for CUDA; off by default: every new conversation length recompiles)")
+add_run_flags(parser, compile_default="off", compile_help="torch.compile (auto: on for CUDA; off by default: "
+                                                         "every new conversation length recompiles)")
 parser.add_argument("--device-batch-size", type=batch_size_or_auto, default=4,
                     help="conversations per forward pass per process; auto: the largest that fits (CUDA), 8 elsewhere")
-parser.add_argument("--target-examples-per-step", type=positive_int, default=32, help="conversations per optimizer step")
+parser.add_argument("--target-examples-per-step", type=positive_int, default=32,
+                    help="conversations per optimizer step")
 parser.add_argument("--num-epochs", type=positive_int, default=1, help="passes over the mixture")
 parser.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = from --num-epochs)")
-parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embedding (scaled by width)")
-parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of the head (scaled by width)")
-parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr of the block matrices")
-parser.add_argument("--init-lr-frac", type=unit_fraction, default=0.02, help="learning rates relative to the flags above")
+add_lr_flags(parser, init_lr_frac=0.02)
 parser.add_argument("--eval-every", type=int, default=100, help="val loss every N steps (-1 = only at the end)")
 parser.add_argument("--eval-examples", type=positive_int, default=256, help="validation conversations per val loss")
 parser.add_argument("--metrics-every", type=int, default=200, help="quick ARC/MMLU accuracy every N steps (-1 = end)")
-parser.add_argument("--metrics-max-problems", type=positive_int, default=256, help="problems per task in the quick eval")
+parser.add_argument("--metrics-max-problems", type=positive_int, default=256,
+                    help="problems per task in the quick eval")
 parser.add_argument("--identity-path", default=None,
                     help="identity conversations jsonl (default <base>/identity_conversations.jsonl)")
 parser.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (always at the end)")
@@ -75,7 +71,8 @@ pad_id = tokenizer.get_bos_token_id()  # any id: padded positions have target -1
 
 identity_path = args.identity_path or os.path.join(get_base_dir(), "identity_conversations.jsonl")
 train_tasks = [ARC("ARC-Easy", "train"), ARC("ARC-Challenge", "train"), SmolTalk("train", stop=10_000),
-               SyntheticMath(2000, "train", seed=7), SimpleSpelling(300, "train", seed=7), SpellingBee(300, "train", seed=7)]
+               SyntheticMath(2000, "train", seed=7), SimpleSpelling(300, "train", seed=7),
+               SpellingBee(300, "train", seed=7)]
 try:
     train_tasks.append(GSM8K("main", "train"))
 except TaskDataError:

@@ -127,8 +127,8 @@ settings = ServerSettings(
     cors_origins=args.cors_origin, model_name=model_name, model_created=created, allowed_hosts=allowed_hosts,
 )
 app = create_app(settings, load_replicas)
-print0(f"chat_web: {model_name} on {len(devices)} {device_type} replica(s), {args.slots} slots each, queue {args.queue_size}, "
-       f"API key {'required' if settings.api_key else 'off'}: http://{args.host}:{args.port}/")
+print0(f"chat_web: {model_name} on {len(devices)} {device_type} replica(s), {args.slots} slots each, "
+       f"queue {args.queue_size}, API key {'required' if settings.api_key else 'off'}: http://{args.host}:{args.port}/")
 
 # -------------------------------------------------------------------------------------------------
 uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)

@@ -36,7 +36,8 @@ parser.add_argument("-g", "--model-tag", default=None,
                     help="model tag, e.g. d20 (when omitted: the deepest on export, d<layers> on import)")
 parser.add_argument("-s", "--step", type=int, default=None,
                     help="checkpoint step (when omitted: the last on export, 0 on import)")
-parser.add_argument("-o", "--out", default=None, help="export: the folder to write (replaced if it is an earlier export)")
+parser.add_argument("-o", "--out", default=None,
+                    help="export: the folder to write (replaced if it is an earlier export)")
 parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
                     help="export: weight dtype (float32 is exact; bfloat16 halves the size)")
 parser.add_argument("--import", dest="import_dir", default=None, metavar="DIR",
@@ -57,7 +58,8 @@ def model_card(meta: dict, config: dict, n_params: int, name: str) -> str:
         f"# nanochat {model_tag} ({stage}, step {step})", "",
         f"A {n_params / 1e6:,.1f}M-parameter {'base' if stage == 'base' else 'chat'} model trained with nanochat: "
         f"{config['n_layer']} layers, width {config['n_embd']}, {config['n_head']} query heads and "
-        f"{config['n_kv_head']} key/value heads, context {config['sequence_len']}, vocabulary {config['vocab_size']:,}. "
+        f"{config['n_kv_head']} key/value heads, context {config['sequence_len']}, "
+        f"vocabulary {config['vocab_size']:,}. "
         "Stock `transformers` (>= 5) loads it as `NanoChatForCausalLM`, no custom code; the tokenizer carries "
         "nanochat's chat template.", "",
         "```python",

@@ -24,9 +24,9 @@ from nanochat.dataloader import conversation_data_loader
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.report import log_section
 from nanochat.tokenizer import get_token_bytes
-from nanochat.training import (PendingBatches, StepLog, auto_device_batch_size, batch_candidates, batch_size_or_auto, init_run,
-                               load_source_or_exit, lr_multiplier, positive_int, resume, timed, train_step,
-                               unit_fraction)
+from nanochat.training import (PendingBatches, StepLog, add_lr_flags, add_run_flags, auto_device_batch_size,
+                               batch_candidates, batch_size_or_auto, init_run, load_source_or_exit, lr_multiplier,
+                               positive_int, resume, timed, train_step, unit_fraction)
 from tasks.common import TaskDataError, TaskMixture
 from tasks.customjson import CustomJSON
 from tasks.gsm8k import GSM8K
@@ -37,23 +37,19 @@ from tasks.toolmath import SyntheticMath
 
 # -------------------------------------------------------------------------------------------------
 parser = ScriptParser(__file__, "Midtrain the base model on conversations.")
-parser.add_argument("--run", default="dummy", help="wandb run name ('dummy' = no wandb)")
-parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
-parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
-parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on for CUDA)")
+add_run_flags(parser)
 parser.add_argument("-g", "--model-tag", default=None, help="base model tag to start from (default: the deepest)")
 parser.add_argument("-s", "--step", type=int, default=None, help="base checkpoint step (default: the last)")
 parser.add_argument("--device-batch-size", type=batch_size_or_auto, default=32,
                     help="sequences per forward pass per process; auto: the largest that fits (CUDA), 8 elsewhere")
 parser.add_argument("--total-batch-size", type=positive_int, default=524288, help="tokens per optimizer step")
 parser.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = one epoch of the mixture)")
-parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embedding (scaled by width)")
-parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of the head (scaled by width)")
-parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr of the block matrices")
-parser.add_argument("--init-lr-frac", type=unit_fraction, default=1.0, help="learning rates relative to the flags above")
+add_lr_flags(parser, init_lr_frac=1.0)
 parser.add_argument("--warmdown-ratio", type=unit_fraction, default=0.2, help="fraction of steps of linear LR warmdown")
-parser.add_argument("--eval-every", type=int, default=150, help="val bits-per-byte every N steps (-1 = only at the end)")
-parser.add_argument("--eval-tokens", type=positive_int, default=20 * 524288, help="tokens of validation conversations per eval")
+parser.add_argument("--eval-every", type=int, default=150,
+                    help="val bits-per-byte every N steps (-1 = only at the end)")
+parser.add_argument("--eval-tokens", type=positive_int, default=20 * 524288,
+                    help="tokens of validation conversations per eval")
 parser.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (always at the end)")
 parser.add_argument("--identity-path", default=None,
                     help="identity conversations jsonl (default <base>/identity_conversations.jsonl)")

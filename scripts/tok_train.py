@@ -18,7 +18,8 @@ from nanochat.tokenizer import Tokenizer, get_tokenizer_dir, iter_texts
 # -------------------------------------------------------------------------------------------------
 parser = ScriptParser(__file__, "Train the BPE tokenizer on the pretraining text.")
 parser.add_argument("--max-chars", type=int, default=2_000_000_000, help="train on at most this many characters")
-parser.add_argument("--doc-cap", type=int, default=10_000, help="crop each document to this many characters (0 = no cap)")
+parser.add_argument("--doc-cap", type=int, default=10_000,
+                    help="crop each document to this many characters (0 = no cap)")
 parser.add_argument("--vocab-size", type=int, default=65536, help="vocabulary size including the 9 special tokens")
 parser.add_argument("--source", choices=["auto", "online", "offline"], default="auto",
                     help="where the pretraining text comes from (auto: cache, then online, then offline)")

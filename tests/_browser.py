@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from _http import wait_until
+from nanochat.common import stop_process
 
 
 def _chromium() -> str | None:
@@ -117,11 +118,6 @@ class Browser:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.to_browser)
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         os.close(self.from_browser)
         self.profile.cleanup()

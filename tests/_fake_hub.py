@@ -21,7 +21,8 @@ ARC_TEST = [  # gold letters C, A, C, B
 ]
 MMLU_TEST = [  # gold letters C, D, A, C
     {"question": "2+2?", "subject": "elementary_mathematics", "choices": ["3", "5", "4", "22"], "answer": 2},
-    {"question": "Capital of France?", "subject": "geography", "choices": ["Rome", "Oslo", "Bern", "Paris"], "answer": 3},
+    {"question": "Capital of France?", "subject": "geography", "choices": ["Rome", "Oslo", "Bern", "Paris"],
+     "answer": 3},
     {"question": "H2O is", "subject": "chemistry", "choices": ["water", "salt", "gold", "air"], "answer": 0},
     {"question": "3*3?", "subject": "elementary_mathematics", "choices": ["6", "8", "9", "33"], "answer": 2},
 ]
@@ -33,7 +34,8 @@ GSM8K_TEST = [
 ]
 HUMANEVAL_TEST = [
     {"task_id": "Fake/0",
-     "prompt": "import math\n\n\ndef add(a: int, b: int) -> int:\n    \"\"\"Add two numbers.\n    >>> add(2, 3)\n    5\n    \"\"\"\n",
+     "prompt": "import math\n\n\ndef add(a: int, b: int) -> int:\n"
+               "    \"\"\"Add two numbers.\n    >>> add(2, 3)\n    5\n    \"\"\"\n",
      "canonical_solution": "    return a + b\n",
      "test": "\n\ndef check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n",
      "entry_point": "add"},

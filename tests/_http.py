@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from conftest import REPO
+from nanochat.common import stop_process
 
 USER = {"role": "user", "content": "the cat sat on the mat"}
 
@@ -162,12 +163,7 @@ def chat_web(base: Path, log: Path, *flags: str):
         wait_until(ready, "chat_web to load the model", timeout=180)
         yield addr
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @contextlib.contextmanager
@@ -178,7 +174,7 @@ def serve(app):
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    addr = "127.0.0.1:%d" % sock.getsockname()[1]
+    addr = f"127.0.0.1:{sock.getsockname()[1]}"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -29,6 +29,27 @@ def make_docs(n: int, seed: int) -> list[str]:
     return docs
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of tiny models: OpenMP threads only add contention on a shared box.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """Byte-level tokenizer (no merges): 256 byte tokens + the special tokens, no training needed.
+    Modules that need a trained tokenizer define their own `tok`, which overrides this one."""
+    from nanochat.tokenizer import Tokenizer
+
+    return Tokenizer.from_ranks({bytes([i]): i for i in range(256)})
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """A base dir with 3 parquet shards (the last is val) and a 512-token tokenizer."""
@@ -57,7 +78,8 @@ def run_script(module: str, *args: str, base: Path, nproc: int = 0, timeout: int
         cmd = [sys.executable, "-m", module, *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 

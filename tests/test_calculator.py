@@ -237,7 +237,8 @@ def test_fuzz_calculator_alphabet(expr):
     st.one_of(st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=False, allow_infinity=False).map(repr),
               st.sampled_from(["'abc'", "'a,b'", "''"])),
     lambda inner: st.one_of(
-        st.tuples(inner, st.sampled_from(["+", "-", "*", "/", "//", "%", "**"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.tuples(inner, st.sampled_from(["+", "-", "*", "/", "//", "%", "**"]), inner)
+          .map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
         st.tuples(st.sampled_from(["abs", "round", "len", "min", "max"]), st.lists(inner, min_size=1, max_size=3))
           .map(lambda t: f"{t[0]}({', '.join(t[1])})"),
         inner.map(lambda s: f"-{s}"),

@@ -40,7 +40,7 @@ def losses(out: str) -> list[float]:
 def test_mid_train(chat_base):
     out = run_script("scripts.mid_train", *CPU, "--device-batch-size=2", "--total-batch-size=256",
                      "--num-iterations=6", "--eval-every=3", "--eval-tokens=256", base=chat_base).stdout
-    assert len(losses(out)) == 6 and all(l == l for l in losses(out))
+    assert len(losses(out)) == 6 and all(x == x for x in losses(out))
     assert len(re.findall(r"\| val bpb ([\d.]+)", out)) == 3
     ckpt = chat_base / "mid_checkpoints" / "d1"
     assert last_step(ckpt) == 6

@@ -136,7 +136,8 @@ def test_interrupted_commit_is_repaired_on_list(tmp_path, new_meta_written):
 
 def test_interrupted_commit_is_repaired_on_load(tmp_path):
     final, tmp, old = _crash_between_renames(tmp_path, new_meta_written=True)
-    model, _, meta = build_model(tmp_path, 5, "cpu", tokenizer=Tokenizer.from_ranks({bytes([i]): i for i in range(256)}))
+    byte_tokenizer = Tokenizer.from_ranks({bytes([i]): i for i in range(256)})
+    model, _, meta = build_model(tmp_path, 5, "cpu", tokenizer=byte_tokenizer)
     assert meta["loop_state"] == {"v": 2} and not old.exists() and final.is_dir()
     # a finished commit that crashed before deleting .old: the leftover goes
     shutil.copytree(final, old)

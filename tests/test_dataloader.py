@@ -17,10 +17,11 @@ def corpus(tmp_path_factory):
     for shard in range(3):
         path = root / f"shard_{shard:05d}.parquet"
         writer = None
-        for rg in range(4):
+        for _ in range(4):
             texts = []
             for _ in range(5):
-                texts.append(f"doc{doc_id}x " + " ".join(f"word{(doc_id * 7 + j) % 50}" for j in range(3 + doc_id % 11)))
+                words = (f"word{(doc_id * 7 + j) % 50}" for j in range(3 + doc_id % 11))
+                texts.append(f"doc{doc_id}x " + " ".join(words))
                 doc_id += 1
             table = pa.table({"text": texts})
             writer = writer or pq.ParquetWriter(path, table.schema)

@@ -289,7 +289,8 @@ def make_trees(root):
         "translations/it_IT/process/howto.rst": f".. include:: ../disclaimer-ita.rst\n\nCome fare\n=========\n\n"
                                                 f"Questo è il documento fulcro. {LOREM}\n",
         "core-api/kobject.rst": f".. SPDX-License-Identifier: GPL-2.0\n\nKobjects\n--------\n\n"
-                                f"Use :c:func:`kobject_init` and ``kobject_put()``; see :ref:`the docs <kobj>`. {LOREM}\n\n"
+                                "Use :c:func:`kobject_init` and ``kobject_put()``; "
+                                f"see :ref:`the docs <kobj>`. {LOREM}\n\n"
                                 ".. note::\n\n   Be kind.\n\n.. toctree::\n   :maxdepth: 2\n\n   a\n   b\n",
         "ABI/testing/sysfs-foo": f"What: /sys/foo\nDescription: {LOREM}\n",
     }.items():
@@ -305,7 +306,8 @@ def make_trees(root):
     # perl-doc: a .pod and a pod2man page
     d = root / "perl-doc/usr/share/perl/5.36.0/pod"
     d.mkdir(parents=True)
-    (d / "perlfoo.pod").write_text("=head1 NAME\n\nperlfoo - B<bold> I<it> C<< $a <=> $b >> L<perlfunc/open> E<lt>x E<gt>\n\n"
+    (d / "perlfoo.pod").write_text("=head1 NAME\n\n"
+                                   "perlfoo - B<bold> I<it> C<< $a <=> $b >> L<perlfunc/open> E<lt>x E<gt>\n\n"
                                    f"=over 4\n\n=item * first\n\n{LOREM}\n\n=back\n\n    my $code = 1;\n\n=cut\n")
     d = root / "perl-doc/usr/share/man/man3"
     d.mkdir(parents=True)

@@ -11,19 +11,7 @@ from nanochat.tokenizer import Tokenizer
 
 TINY = dict(sequence_len=32, n_layer=2, n_head=2, n_kv_head=2, n_embd=64)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    """Byte-level tokenizer (no merges): 256 byte tokens + the special tokens. No training needed."""
-    return Tokenizer.from_ranks({bytes([i]): i for i in range(256)})
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(tok: Tokenizer, seed: int = 0, **overrides) -> GPT:

@@ -169,7 +169,8 @@ def test_tokenizer_encodes_identically(exported, tiny_world):
         assert hf_tok(line)["input_ids"] == tok.encode(line), repr(line)
     assert hf_tok.decode(tok.encode(text)) == text
     # ... and one trained on the mixed text itself, so that merges cover multi-byte characters
-    rich = Tokenizer.train_from_iterator([mixed_text(seed=s, n_chars=3000) for s in range(20)] + make_docs(100, 0), 2048)
+    texts = [mixed_text(seed=s, n_chars=3000) for s in range(20)] + make_docs(100, 0)
+    rich = Tokenizer.train_from_iterator(texts, 2048)
     converted = hf_tokenizer(rich)
     for seed in (1, 2):
         sample = mixed_text(seed=seed, n_chars=4000)

@@ -11,14 +11,7 @@ from nanochat.gpt import GPT, GPTConfig, KVCache, sample_next_token
 TINY = dict(sequence_len=32, vocab_size=128, n_layer=2, n_head=2, n_kv_head=2, n_embd=64)  # head_dim 32
 GQA = dict(sequence_len=32, vocab_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)  # head_dim 16
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny matmuls: OpenMP threads only add contention on a shared CI box
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(seed: int = 0, **overrides) -> GPT:

@@ -16,13 +16,7 @@ from nanochat.optim import DistAdamW, Muon, newton_schulz5
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "_dist_optim_worker.py"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_worker():

@@ -5,7 +5,9 @@ import torch
 
 from nanochat.engine import Engine, SamplingParams
 from nanochat.scheduler import Scheduler
-from test_engine import build, one_thread, sp, tok  # noqa: F401 (fixtures)
+from test_engine import build, sp
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 GREEDY = SamplingParams(temperature=0.0)
 

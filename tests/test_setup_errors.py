@@ -40,7 +40,8 @@ def test_base_dir_that_is_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     rc, err = run("nanochat.data", "-n", "1", base=tmp_path / "file")
     assert rc == 1 and one_sentence(err) == (f"NANOCHAT_BASE_DIR={tmp_path / 'file'} is not a directory: set "
-                                             "NANOCHAT_BASE_DIR to a directory you can write (it is created if missing)")
+                                             "NANOCHAT_BASE_DIR to a directory you can write "
+                                             "(it is created if missing)")
 
 
 def test_base_dir_that_cannot_be_created_or_written(tmp_path):

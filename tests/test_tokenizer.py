@@ -51,7 +51,8 @@ def reference_bpe(texts, vocab_size, pattern=SPLIT_PATTERN):
 
 
 CORPORA = {
-    "ascii": ["the quick brown fox jumps over the lazy dog " * 3, "hello hello world, 1234567 + 89 = ?", "aaaa bbbb aaaa"],
+    "ascii": ["the quick brown fox jumps over the lazy dog " * 3, "hello hello world, 1234567 + 89 = ?",
+              "aaaa bbbb aaaa"],
     "accents": ["café crème brûlée à la carte", "naïve façade señor über Ärger", "Ελληνικά κείμενα εδώ"],
     "cjk": ["中文字符测试中文字符", "日本語のテキストです。日本語", "한국어 텍스트 한국어"],
     "emoji": ["😀😀 👍🏽 family 👨‍👩‍👧 🎉🎉🎉", "smile 😀 smile 😀 ok"],
@@ -214,7 +215,8 @@ def test_render_for_completion(tok):
     sp = _specials(tok)
     conv = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     ids = tok.render_for_completion(conv)
-    assert ids == [sp["<|bos|>"], sp["<|user_start|>"], *tok.encode("hi"), sp["<|user_end|>"], sp["<|assistant_start|>"]]
+    assert ids == [sp["<|bos|>"], sp["<|user_start|>"], *tok.encode("hi"), sp["<|user_end|>"],
+                   sp["<|assistant_start|>"]]
     assert "|" in tok.visualize_tokenization(*tok.render_conversation(conv))
 
 
@@ -224,7 +226,8 @@ def test_render_for_completion(tok):
     ({"messages": [{"role": "assistant", "content": "x"}]}, "alternate"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, "alternate"),
     ({"messages": [{"role": "wizard", "content": "a"}]}, "unknown role"),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": [{"type": "image", "text": ""}]}]},
+    ({"messages": [{"role": "user", "content": "a"},
+                   {"role": "assistant", "content": [{"type": "image", "text": ""}]}]},
      "part 0"),
     ({"messages": [{"role": "user", "content": ["x"]}]}, "user content"),
     ({"messages": [{"role": "system", "content": "s"}]}, "system"),

@@ -13,12 +13,7 @@ from nanochat.training import (StepLog, auto_device_batch_size, batch_candidates
                                step_memory, train_step, unit_fraction)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seq_len: int = 64, vocab_size: int = 256) -> GPT:

