@@ -117,6 +117,15 @@ def test_chat_eval_categorical_is_restricted_to_the_letters(letter_c_base):
     assert "ChatCORE (partial, 2 of 6 tasks): 0.3333" in out
 
 
+def test_chat_eval_nanochat_template_keeps_arc_number_labels(letter_c_base):
+    out = run_script("scripts.chat_eval", "-i", "base", "-a", "ARC-Easy", "--template", "nanochat", "--device-type", "cpu",
+                     "--dtype", "float32", base=letter_c_base).stdout
+    # golds C, A, 3, B: "C" wins among A..E as before, but item 3 offers "1".."4" (all tied: "1")
+    assert "ARC-Easy: 1/4 = 25.00%" in out
+    section = (letter_c_base / "report" / "chat-evaluation-base.md").read_text()
+    assert "- template: nanochat" in section
+
+
 def test_chat_eval_bad_task_name(eval_base):
     proc = run_script("scripts.chat_eval", "-a", "ARC-Easy|Trivia", base=eval_base, check=False)
     assert proc.returncode == 2 and "unknown task(s) Trivia" in proc.stderr
