@@ -145,10 +145,12 @@ for task in tasks:
     dclm_agree = sum(dclm[i] == b for i, b in zip(items, theirs))  # how much the check can tell apart
     row = {"task": task.label, "type": task.icl_task_type, "items": len(items), "agree": agree, "dclm_agree": dclm_agree,
            "ours_acc": sum(a == g for a, g in zip(ours, gold)) / len(items),
-           "theirs_acc": sum(b == g for b, g in zip(theirs, gold)) / len(items), "seconds": time.time() - t0}
+           "theirs_acc": sum(b == g for b, g in zip(theirs, gold)) / len(items),
+           "dclm_acc": sum(dclm[i] == g for i, g in zip(items, gold)) / len(items), "seconds": time.time() - t0}
     rows.append(row)
     print(f"{task.label:34s} {task.icl_task_type:17s} {len(items):4d} items  agree {agree:4d} (dclm {dclm_agree:4d})  "
-          f"accuracy ours {row['ours_acc']:.4f} theirs {row['theirs_acc']:.4f}  ({row['seconds']:.0f}s)")
+          f"accuracy ours {row['ours_acc']:.4f} theirs {row['theirs_acc']:.4f} dclm {row['dclm_acc']:.4f}  "
+          f"({row['seconds']:.0f}s)")
 
 done = [r for r in rows if "skipped" not in r]
 total, agreed = sum(r["items"] for r in done), sum(r["agree"] for r in done)
