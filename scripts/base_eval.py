@@ -72,7 +72,8 @@ for scoring in scorings:
         result = evaluate_core(model, tokenizer, device, max_per_task=args.max_per_task, tasks=tasks,
                                label=tasks_label, autocast=autocast, scoring=scoring)
     except ValueError as e:  # e.g. a prompt nanochat scoring cannot split, or past the rotary table
-        print(f"error: {e}", file=sys.stderr)
+        hint = "; --scoring dclm truncates long prompts" if scoring == "nanochat" and "rotary" in str(e) else ""
+        print(f"error: {scoring} scoring: {e}{hint}", file=sys.stderr)
         compute_cleanup()
         sys.exit(1)
     result["seconds"] = time.time() - t0
