@@ -18,6 +18,16 @@ def spread_indices(n: int, max_problems: int) -> list[int]:
     return [j * n // max_problems for j in range(max_problems)]
 
 
+def nanochat_indices(n: int, max_problems: int, shuffled: bool = True) -> list[int]:
+    """The problems karpathy/nanochat's chat_eval scores: its datasets are loaded shuffled by Hugging
+    Face's Dataset.shuffle(seed=42), i.e. numpy's default_rng(42).permutation(n), and the first
+    max_problems taken (SpellingBee, generated, is not shuffled: shuffled=False)."""
+    import numpy as np
+
+    order = np.random.default_rng(42).permutation(n).tolist() if shuffled else list(range(n))
+    return order if max_problems < 0 else order[:max_problems]
+
+
 def fit_prompt(ids: list[int], max_len: int, bos: int) -> list[int]:
     """Prompts longer than the context keep BOS and their last tokens."""
     return ids if len(ids) <= max_len else [bos] + ids[len(ids) - max_len + 1:]
@@ -33,15 +43,17 @@ def letter_token(tokenizer, letter: str) -> int:
 
 @torch.no_grad()
 def categorical_accuracy(model, tokenizer, task, indices: list[int], batch_size: int = 8,
-                         autocast=None) -> tuple[int, int]:
+                         autocast=None, truncate: bool = True) -> tuple[int, int]:
     """(correct, total) over task[indices]: one forward pass per batch, the argmax restricted to each
-    conversation's allowed letters at the last prompt position."""
+    conversation's allowed letters at the last prompt position. truncate=False (as nanochat) keeps
+    prompts longer than the context whole."""
     device, bos = model.get_device(), tokenizer.get_bos_token_id()
     max_len = model.config.sequence_len
     correct = total = 0
     for b0 in range(0, len(indices), batch_size):
         conversations = [task[i] for i in indices[b0:b0 + batch_size]]
-        prompts = [fit_prompt(tokenizer.render_for_completion(c), max_len, bos) for c in conversations]
+        prompts = [tokenizer.render_for_completion(c) for c in conversations]
+        prompts = [fit_prompt(p, max_len, bos) for p in prompts] if truncate else prompts
         T = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), T), bos, dtype=torch.long)
         for row, p in enumerate(prompts):

@@ -20,6 +20,17 @@ across ranks and the per-item results all-reduced.
 
 Centered accuracy = (accuracy - b) / (1 - b), b the random baseline as a fraction; CORE = mean.
 
+scoring="nanochat" reproduces karpathy/nanochat's scorer (Nov 2025), whose CORE table people
+compare against, by four named differences (docs/EVALS.md says which numbers each can be compared with):
+- span: each prompt is tokenized whole; multiple_choice scores from the first token where the
+  choices' sequences differ, schema only their common suffix (_whole_prompt_spans);
+- spaces: context and continuation are joined as they are, so hellaswag's leading space after the
+  " " delimiter stays a double space (render_item skips _split_pair);
+- truncation: none (tokenize_item ignores max_len);
+- few-shot draw: from the Random(SUBSET_SEED)-shuffled list, cropped by max_items, seeded by
+  position in it (_shuffled_pool).
+Where nanochat crashes (fewer items than shots) both scorings draw from the items there are.
+
 Where the tasks come from (load_core_tasks): the DCLM eval bundle in <base>/eval_bundle, else
 downloaded from BUNDLE_URL, else the offline hub (20 of the 22 tasks: the result is labelled
 "CORE (offline, 20 tasks)", never the published CORE).
@@ -29,13 +40,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 import shutil
 import tempfile
 import time
 import zipfile
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +67,7 @@ FEWSHOT_SEED = 1234
 SUBSET_SEED = 1337  # which items --max-per-task keeps (a seeded shuffle, then the first N)
 LOGITS_BUDGET_BYTES = 2 << 30  # per forward: float32 logits plus one temporary of the same size
 SOURCES = ("auto", "online", "offline")
+SCORINGS = ("dclm", "nanochat")  # DCLM's definition; karpathy/nanochat's reproduction of it
 
 
 @dataclass
@@ -102,9 +115,10 @@ def _split_pair(context: str, continuation: str) -> tuple[str, str]:
     return (stripped, spaces + continuation.lstrip(" ")) if spaces else (context, continuation)
 
 
-def render_item(task: CoreTask, index: int) -> list[tuple[str, str]]:
+def render_item(task: CoreTask, index: int, scoring: str = "dclm") -> list[tuple[str, str]]:
     """(context, continuation) texts of item `index`: one per choice (multiple_choice), per context
-    option (schema), or a single pair (language_modeling)."""
+    option (schema), or a single pair (language_modeling). Under nanochat scoring the pair is kept
+    as joined by the template: no space moved, none stripped."""
     if task.icl_task_type not in TASK_TYPES:
         raise ValueError(f"CORE task {task.label}: unknown type {task.icl_task_type!r}; one of {', '.join(TASK_TYPES)}")
     item, d = task.items[index], task.continuation_delimiter
@@ -116,15 +130,51 @@ def render_item(task: CoreTask, index: int) -> list[tuple[str, str]]:
         pairs = [(prefix + option + d, item["continuation"]) for option in item["context_options"]]
     else:
         pairs = [(prefix + item["context"].strip() + d, item["continuation"])]
+    if scoring == "nanochat":
+        return pairs
     return [_split_pair(c, x) for c, x in pairs]
 
 
-def tokenize_item(tokenizer: Tokenizer, task: CoreTask, index: int, max_len: int) -> list[tuple[list[int], int, int]]:
+def _common_length(seqs: list[list[int]], from_end: bool) -> int:
+    """Length of the prefix (or, from_end, the suffix) that all of seqs share."""
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        j = -1 - i if from_end else i
+        if any(s[j] != seqs[0][j] for s in seqs):
+            return i
+    return n
+
+
+def _whole_prompt_spans(tokenizer: Tokenizer, task: CoreTask, index: int,
+                        pairs: list[tuple[str, str]]) -> list[tuple[list[int], int, int]]:
+    """nanochat's spans: each prompt tokenized whole, never truncated. multiple_choice scores from the
+    first token where the choices differ; schema the suffix all options share; language_modeling what
+    the prompt adds to its context stripped of surrounding whitespace."""
+    bos = tokenizer.get_bos_token_id()
+    seqs = tokenizer.encode([c + x for c, x in pairs], prepend=bos)
+    if task.icl_task_type == "multiple_choice":
+        start = _common_length(seqs, from_end=False)
+        return [(ids, start, len(ids)) for ids in seqs]
+    if task.icl_task_type == "schema":
+        k = _common_length(seqs, from_end=True)
+        return [(ids, len(ids) - k, len(ids)) for ids in seqs]
+    ((ids,), ((context, _),)) = seqs, pairs
+    ctx = tokenizer.encode(context.strip(), prepend=bos)
+    if len(ctx) >= len(ids) or ids[: len(ctx)] != ctx:
+        raise ValueError(f"CORE task {task.label} item {index}: the context's tokens are not a prefix of the "
+                         "prompt's, so nanochat scoring cannot place the continuation; use --scoring dclm")
+    return [(ids, len(ctx), len(ids))]
+
+
+def tokenize_item(tokenizer: Tokenizer, task: CoreTask, index: int, max_len: int,
+                  scoring: str = "dclm") -> list[tuple[list[int], int, int]]:
     """Token sequences of one item as (ids, start, end): ids[start:end] is the scored continuation.
-    Longer than max_len: the oldest tokens after BOS are dropped."""
+    Longer than max_len: the oldest tokens after BOS are dropped (dclm scoring only)."""
+    if scoring == "nanochat":
+        return _whole_prompt_spans(tokenizer, task, index, render_item(task, index, scoring))
     bos = tokenizer.get_bos_token_id()
     out = []
-    for context, continuation in render_item(task, index):
+    for context, continuation in render_item(task, index, scoring):
         ctx = [bos] + tokenizer.encode(context)
         ids = ctx + tokenizer.encode(continuation)
         start, end = len(ctx), len(ids)
@@ -140,11 +190,31 @@ def tokenize_item(tokenizer: Tokenizer, task: CoreTask, index: int, max_len: int
 # Scoring
 
 
-def _score_item(task: CoreTask, item: dict, mean_losses: list[float], greedy_ok: list[bool]) -> bool:
+def _predict(mean_losses: list[float], scoring: str) -> int:
+    """The choice with the lowest mean loss, first on ties. An empty span's loss is nan: under dclm
+    it loses; under nanochat it goes through min() as there, where a nan in first place is never
+    replaced and a nan later never replaces anything."""
+    if scoring == "nanochat":
+        return mean_losses.index(min(mean_losses))
+    return min(range(len(mean_losses)), key=lambda i: math.inf if math.isnan(mean_losses[i]) else mean_losses[i])
+
+
+def _prediction(task: CoreTask, mean_losses: list[float], greedy_ok: list[bool], scoring: str) -> int:
+    """The chosen choice / context option; for language_modeling 1 if greedy decoding reproduces the
+    continuation, else 0."""
     if task.icl_task_type == "language_modeling":
-        return greedy_ok[0]
-    predicted = min(range(len(mean_losses)), key=mean_losses.__getitem__)  # first on ties
-    return predicted == int(item["gold"])
+        return int(greedy_ok[0])
+    return _predict(mean_losses, scoring)
+
+
+def _is_correct(task: CoreTask, item: dict, prediction: int) -> bool:
+    return prediction == (1 if task.icl_task_type == "language_modeling" else int(item["gold"]))
+
+
+def _shuffled_pool(task: CoreTask, order: list[int]) -> CoreTask:
+    """The task as nanochat sees it: only the items in `order`, in that order, so few-shot examples
+    come from them and are seeded by position (nanochat shuffles, crops, then draws)."""
+    return replace(task, items=[task.items[i] for i in order])
 
 
 @torch.no_grad()
@@ -168,29 +238,34 @@ def _forward_sequences(model: torch.nn.Module, seqs: list[tuple[list[int], int, 
     end = torch.tensor([e for _, _, e in seqs], device=device)[:, None]  # (B, 1)
     span = (pos >= start - 1) & (pos < end - 1)  # (B, T): the positions predicting the continuation
     n = span.sum(dim=1)  # (B,)
-    mean_losses = torch.where(n > 0, (losses * span).sum(dim=1) / n.clamp(min=1), float("inf"))  # (B,)
+    mean_losses = torch.where(n > 0, (losses * span).sum(dim=1) / n.clamp(min=1), float("nan"))  # (B,)
     greedy_ok = (hits | ~span).all(dim=1) & (n > 0)  # (B,)
     return mean_losses.tolist(), greedy_ok.tolist()
 
 
 @torch.no_grad()
-def evaluate_task(model: torch.nn.Module, tokenizer: Tokenizer, task: CoreTask, device: torch.device | str,
-                  max_items: int = -1, batch_tokens: int | None = None, autocast=None) -> float:
-    """Accuracy of `model` on one CORE task (all ranks get the same number).
+def predict_task(model: torch.nn.Module, tokenizer: Tokenizer, task: CoreTask, device: torch.device | str,
+                 max_items: int = -1, batch_tokens: int | None = None, autocast=None, scoring: str = "dclm",
+                 rank: int = 0, world: int = 1) -> tuple[list[int], list[int | None]]:
+    """(items, predictions): the indices into task.items that are evaluated, in evaluation order, and
+    each one's prediction (_prediction); items of other ranks (position != rank mod world) get None.
 
     max_items > 0 evaluates that many items, chosen by a seeded shuffle. Items are packed into
-    forward passes of at most batch_tokens padded tokens (default: ~2 GiB of logits)."""
+    forward passes of at most batch_tokens padded tokens (default: ~2 GiB of logits).
+    scoring: "dclm" or "nanochat" (see the module docstring)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
     autocast = autocast if autocast is not None else nullcontext()
     max_len = model.config.sequence_len
     if batch_tokens is None:
         batch_tokens = max(max_len, LOGITS_BUDGET_BYTES // (8 * model.config.vocab_size))
-    order = list(range(len(task.items)))
-    if 0 < max_items < len(order):
-        random.Random(SUBSET_SEED).shuffle(order)
-        order = order[:max_items]
-    ddp = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    correct = [0.0] * len(order)  # this rank's items filled in, the others stay 0 for the all-reduce
+    items = list(range(len(task.items)))
+    if 0 < max_items < len(items) or scoring == "nanochat":
+        random.Random(SUBSET_SEED).shuffle(items)
+        items = items[:max_items] if max_items > 0 else items
+    # which list the prompts index: all items (dclm), or nanochat's shuffled, cropped one
+    pool, order = (_shuffled_pool(task, items), list(range(len(items)))) if scoring == "nanochat" else (task, items)
+    predicted: list[int | None] = [None] * len(order)
     pad_id = tokenizer.get_bos_token_id()
 
     pending: list[tuple[int, list]] = []  # (position in order, its sequences)
@@ -201,14 +276,13 @@ def evaluate_task(model: torch.nn.Module, tokenizer: Tokenizer, task: CoreTask, 
         k = 0
         for pos, item_seqs in pending:
             n = len(item_seqs)
-            ok = _score_item(task, task.items[order[pos]], mean_losses[k : k + n], greedy_ok[k : k + n])
-            correct[pos] = float(ok)
+            predicted[pos] = _prediction(task, mean_losses[k : k + n], greedy_ok[k : k + n], scoring)
             k += n
         pending.clear()
 
     longest = 0
     for pos in range(rank, len(order), world):
-        item_seqs = tokenize_item(tokenizer, task, order[pos], max_len)
+        item_seqs = tokenize_item(tokenizer, pool, order[pos], max_len, scoring)
         count = sum(len(p) for _, p in pending) + len(item_seqs)
         longest_with = max([longest] + [len(ids) for ids, _, _ in item_seqs])
         if pending and count * longest_with > batch_tokens:
@@ -218,28 +292,50 @@ def evaluate_task(model: torch.nn.Module, tokenizer: Tokenizer, task: CoreTask, 
         longest = longest_with
     if pending:
         flush()
+    return items, predicted
+
+
+def evaluate_task(model: torch.nn.Module, tokenizer: Tokenizer, task: CoreTask, device: torch.device | str,
+                  max_items: int = -1, batch_tokens: int | None = None, autocast=None, scoring: str = "dclm") -> float:
+    """Accuracy of `model` on one CORE task (all ranks get the same number); arguments as predict_task.
+    Items are strided across ranks and the per-item results all-reduced."""
+    ddp = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    items, predicted = predict_task(model, tokenizer, task, device, max_items, batch_tokens, autocast, scoring,
+                                    rank, world)
+    # this rank's items filled in, the others stay 0 for the all-reduce
+    correct = [0.0 if p is None else float(_is_correct(task, task.items[i], p)) for i, p in zip(items, predicted)]
     total = torch.tensor(correct, dtype=torch.float32, device=device)  # (items,)
     if ddp:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total.mean().item() if len(order) else float("nan")
+    return total.mean().item() if len(items) else float("nan")
+
+
+def scored_label(label: str, scoring: str) -> str:
+    """The name a result goes by: the tasks' label ("CORE", "CORE (offline, 20 tasks)") under dclm
+    scoring; nanochat scoring adds itself: "CORE (nanochat scoring)", "CORE (offline, 20 tasks, nanochat scoring)"."""
+    if scoring == "dclm":
+        return label
+    return f"{label[:-1]}, {scoring} scoring)" if label.endswith(")") else f"{label} ({scoring} scoring)"
 
 
 def evaluate_core(model: torch.nn.Module, tokenizer: Tokenizer, device: torch.device | str, max_per_task: int = -1,
                   tasks: list[CoreTask] | None = None, label: str | None = None, autocast=None,
-                  source: str = "auto") -> dict:
-    """Every CORE task: {"label", "core" (mean centered accuracy), "source", "max_per_task",
+                  source: str = "auto", scoring: str = "dclm") -> dict:
+    """Every CORE task: {"label", "core" (mean centered accuracy), "scoring", "source", "max_per_task",
     "tasks": {label: {"type", "shots", "items", "accuracy", "random_baseline", "centered", "seconds"}}}.
 
-    tasks/label default to load_core_tasks(source); prints one line per task (rank 0)."""
+    tasks/label default to load_core_tasks(source); the label names the scoring unless it is dclm
+    (scored_label). Prints one line per task (rank 0)."""
     if tasks is None:
         tasks, label, where = load_core_tasks(source)
     else:
         where = "given tasks"
-    label = label or f"CORE ({len(tasks)} tasks)"
+    label = scored_label(label or f"CORE ({len(tasks)} tasks)", scoring)
     results = {}
     for task in tasks:
         t0 = time.time()
-        acc = evaluate_task(model, tokenizer, task, device, max_items=max_per_task, autocast=autocast)
+        acc = evaluate_task(model, tokenizer, task, device, max_items=max_per_task, autocast=autocast, scoring=scoring)
         n = len(task.items) if max_per_task <= 0 else min(max_per_task, len(task.items))
         results[task.label] = {"type": task.icl_task_type, "shots": task.num_fewshot, "items": n, "accuracy": acc,
                                "random_baseline": task.random_baseline,
@@ -249,7 +345,8 @@ def evaluate_core(model: torch.nn.Module, tokenizer: Tokenizer, device: torch.de
         print0(f"{task.label:34s} {task.icl_task_type:17s} {task.num_fewshot:2d}-shot {n:6d} items  "
                f"accuracy {acc:.4f}  centered {r['centered']:+.4f}  ({r['seconds']:.1f}s)")
     core = sum(r["centered"] for r in results.values()) / len(results) if results else float("nan")
-    return {"label": label, "core": core, "source": where, "max_per_task": max_per_task, "tasks": results}
+    return {"label": label, "core": core, "scoring": scoring, "source": where, "max_per_task": max_per_task,
+            "tasks": results}
 
 
 # ------------------------------------------------------------------------------------------------

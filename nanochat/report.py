@@ -113,12 +113,12 @@ def _summary_table(d: Path) -> list[str]:
         columns[col] = merged
     lines = ["## Summary", "", "| Metric | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for metric in SUMMARY_METRICS:
-        label = next((k for c in columns.values() for k in c if k == metric or k.startswith(metric + " (")), metric)
-        cells = []
-        for c in columns.values():
-            value = next((v for k, v in c.items() if k == metric or k.startswith(metric + " (")), None)
-            cells.append("-" if value is None else f"{value:.4f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        # the i-th row takes each column's i-th matching key: several only for CORE under two scorings
+        keys = [[k for k in c if k == metric or k.startswith(metric + " (")] for c in columns.values()]
+        for i in range(max(1, *map(len, keys))):
+            label = next((ks[i] for ks in keys if len(ks) > i), metric)
+            cells = ["-" if len(ks) <= i else f"{c[ks[i]]:.4f}" for ks, c in zip(keys, columns.values())]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

@@ -10,6 +10,9 @@ logit. Generative tasks (GSM8K, HumanEval, SpellingBee): sample -n completions p
 the Engine; a problem counts as solved when any sample passes the task's checker (pass@n).
 ChatCORE = mean over the six tasks of the centered accuracy (acc - b) / (1 - b), b = 0.25 for
 ARC and MMLU (four choices) and 0 for the others; with fewer tasks it is reported as partial.
+--template nanochat scores as karpathy/nanochat does, to compare with its tables: its
+multiple-choice prompt (ARC's "1".."4" labels kept), its -x subset (the first problems after Hugging
+Face's seed-42 shuffle), no truncation of categorical prompts. See docs/EVALS.md.
 Works on any stage, base included. With --report (speedrun.sh passes it) the result becomes the
 "Chat evaluation <stage>" report section; a one-off run leaves the report alone.
 """
@@ -21,27 +24,28 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from nanochat.chat_metrics import categorical_accuracy, generative_pass, spread_indices
+from nanochat.chat_metrics import categorical_accuracy, generative_pass, nanochat_indices, spread_indices
 from nanochat.checkpoint_manager import CheckpointError, find_model_tag, last_step, load_model, stage_dir
 from nanochat.common import ScriptParser, compute_cleanup, compute_init, print0, setup_logging
 from nanochat.engine import Engine
 from nanochat.report import log_section
 from nanochat.training import precision
 from tasks.arc import ARC
-from tasks.common import TaskDataError
+from tasks.common import MC_TEMPLATES, TaskDataError
 from tasks.gsm8k import GSM8K
 from tasks.humaneval import HumanEval
 from tasks.mmlu import MMLU
 from tasks.spellingbee import SpellingBee
 
-TASKS = {
-    "ARC-Easy": lambda: ARC("ARC-Easy", "test"),
-    "ARC-Challenge": lambda: ARC("ARC-Challenge", "test"),
-    "MMLU": lambda: MMLU("all", "test"),
-    "GSM8K": lambda: GSM8K("main", "test"),
-    "HumanEval": lambda: HumanEval(),
-    "SpellingBee": lambda: SpellingBee(size=256, split="test"),
+TASKS = {  # each takes the multiple-choice template
+    "ARC-Easy": lambda template: ARC("ARC-Easy", "test", template=template),
+    "ARC-Challenge": lambda template: ARC("ARC-Challenge", "test", template=template),
+    "MMLU": lambda template: MMLU("all", "test", template=template),
+    "GSM8K": lambda template: GSM8K("main", "test"),
+    "HumanEval": lambda template: HumanEval(),
+    "SpellingBee": lambda template: SpellingBee(size=256, split="test"),
 }
+GENERATIVE_CHUNK = 64  # generative problems per progress-bar step, sampled together by the scheduler
 BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
 
 # -------------------------------------------------------------------------------------------------
@@ -57,6 +61,8 @@ parser.add_argument("-k", "--top-k", type=int, default=50, help="sample from the
 parser.add_argument("-m", "--max-new-tokens", type=int, default=512, help="tokens generated per sample at most")
 parser.add_argument("-g", "--model-tag", default=None, help="model tag (default: the deepest d<N> of the stage)")
 parser.add_argument("-s", "--step", type=int, default=-1, help="checkpoint step (-1 = the last one)")
+parser.add_argument("--template", default="ours", choices=MC_TEMPLATES,
+                    help="ours, or nanochat: its multiple-choice prompt, -x subset and no truncation (comparable)")
 parser.add_argument("--seed", type=int, default=42, help="sampling seed (problem i uses seed + i)")
 parser.add_argument("--device-type", default="auto", choices=["auto", "cuda", "cpu", "mps"], help="device")
 parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype")
@@ -96,15 +102,20 @@ results: dict[str, dict] = {}
 for task_name in task_names:
     t0 = time.time()
     try:
-        task = TASKS[task_name]()
-        indices = spread_indices(len(task), args.max_problems)[rank::world_size]
+        task = TASKS[task_name](args.template)
+        if args.template == "nanochat":
+            indices = nanochat_indices(len(task), args.max_problems, shuffled=task_name != "SpellingBee")
+        else:
+            indices = spread_indices(len(task), args.max_problems)
+        indices = indices[rank::world_size]
         correct = total = 0
-        chunk = args.batch_size if task.eval_type == "categorical" else 1  # progress-bar granularity
-        for c0 in tqdm(range(0, len(indices), chunk), desc=task_name, unit="batch" if chunk > 1 else "problem",
-                       disable=rank != 0):
+        # progress-bar granularity; within a chunk the engine's scheduler batches generative problems
+        chunk = args.batch_size if task.eval_type == "categorical" else GENERATIVE_CHUNK
+        for c0 in tqdm(range(0, len(indices), chunk), desc=task_name, unit="chunk", disable=rank != 0):
             part = indices[c0:c0 + chunk]
             if task.eval_type == "categorical":
-                c, t = categorical_accuracy(model, tokenizer, task, part, batch_size=args.batch_size, autocast=autocast)
+                c, t = categorical_accuracy(model, tokenizer, task, part, batch_size=args.batch_size, autocast=autocast,
+                                            truncate=args.template != "nanochat")
             else:
                 with autocast:
                     c, t = generative_pass(engine, tokenizer, task, part, num_samples=args.num_samples,
@@ -141,7 +152,8 @@ table += [f"| {name} | {r['correct']} | {r['total']} | {r['accuracy']:.4f} | {r[
 log_section(f"Chat evaluation {args.stage}", [
     {"model": f"{args.stage}/{model_tag} step {step}",
      "max problems": "all" if args.max_problems == -1 else args.max_problems,
-     "samples per problem": args.num_samples, "temperature": args.temperature, "top-k": args.top_k},
+     "samples per problem": args.num_samples, "temperature": args.temperature, "top-k": args.top_k,
+     "template": args.template},
     {name: r["accuracy"] for name, r in results.items()} | {label: chatcore},
     "\n".join(table),
 ], metrics={name: r["accuracy"] for name, r in results.items()} | {label: chatcore})

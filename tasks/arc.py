@@ -4,7 +4,8 @@
 
 Records are ai2_arc rows `{"id", "question", "choices": {"text", "label"}, "answerKey"}`. Labels
 are "A".."E" or, for ~2% of questions, "1".."4"; the answer letter is taken by position, so both
-label styles (and the hub, which always says A..) give the same conversation.
+label styles (and the hub, which always says A..) give the same conversation. template="nanochat"
+(render_mc) keeps the dataset's labels as nanochat does.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ SPLITS = ("train", "validation", "test")
 
 
 class ARC(MultipleChoiceTask):
-    def __init__(self, subset: str, split: str, **kwargs):
+    def __init__(self, subset: str, split: str, template: str = "ours", **kwargs):
         super().__init__(**kwargs)
+        self.template = template
         if subset not in SUBSETS:
             raise ValueError(f"ARC subset must be one of {', '.join(SUBSETS)}, got {subset!r}")
         if split not in SPLITS:
@@ -32,4 +34,5 @@ class ARC(MultipleChoiceTask):
     def get_example(self, index: int) -> dict:
         r = self.records[index]
         labels = list(r["choices"]["label"])
-        return mc_conversation(r["question"], r["choices"]["text"], labels.index(r["answerKey"]), id=r.get("id"))
+        return mc_conversation(r["question"], r["choices"]["text"], labels.index(r["answerKey"]), self.template,
+                               letters=labels if self.template == "nanochat" else None, id=r.get("id"))

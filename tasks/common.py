@@ -165,23 +165,35 @@ class MultipleChoiceTask(Task):
         return completion_text(completion).strip() == conversation["messages"][-1]["content"]
 
 
-def render_mc(question: str, letters: Sequence[str], choices: Sequence[str]) -> str:
-    """The one multiple-choice prompt. Each letter starts its own line, so the letter the assistant
-    answers with is the same token as the one it reads in the prompt."""
+MC_TEMPLATES = ("ours", "nanochat")
+
+
+def render_mc(question: str, letters: Sequence[str], choices: Sequence[str], template: str = "ours") -> str:
+    """The multiple-choice prompt. "ours": each letter starts its own line before its choice, so the
+    letter the assistant answers with is the same token as the one it reads in the prompt.
+    "nanochat": karpathy/nanochat's, the letter after its choice with no space ("- Paris=A"), kept
+    to compare ChatCORE with its tables (dev/LOG.md has both measured)."""
     if len(letters) != len(choices) or not choices:
         raise ValueError(f"need one letter per choice, got {len(letters)} letters and {len(choices)} choices")
+    if template == "nanochat":
+        lines = [f"Multiple Choice question: {question}"] + [f"- {c}={x}" for x, c in zip(letters, choices)]
+        return "\n".join(lines) + "\n\nRespond only with the letter of the correct answer."
+    if template != "ours":
+        raise ValueError(f"multiple-choice template must be one of {', '.join(MC_TEMPLATES)}, got {template!r}")
     lines = [question.strip(), ""]
     lines += [f"{letter}. {str(choice).strip()}" for letter, choice in zip(letters, choices)]
     lines += ["", "Answer with the letter of the correct choice."]
     return "\n".join(lines)
 
 
-def mc_conversation(question: str, choices: Sequence[str], answer: int, **extra) -> dict:
-    """A categorical conversation: render_mc prompt -> answer letter, plus the allowed letters."""
+def mc_conversation(question: str, choices: Sequence[str], answer: int, template: str = "ours",
+                    letters: Sequence[str] | None = None, **extra) -> dict:
+    """A categorical conversation: render_mc prompt -> answer letter, plus the allowed letters
+    (default A, B, C, ...; ARC under the nanochat template keeps its own labels, "1".."4" included)."""
     if len(choices) > len(LETTERS) or not 0 <= answer < len(choices):
         raise ValueError(f"answer {answer} is not one of {len(choices)} choices")
-    letters = list(LETTERS[: len(choices)])
-    return {"messages": [{"role": "user", "content": render_mc(question, letters, choices)},
+    letters = list(letters or LETTERS[: len(choices)])
+    return {"messages": [{"role": "user", "content": render_mc(question, letters, choices, template)},
                          {"role": "assistant", "content": letters[answer]}], "letters": letters, **extra}
 
 

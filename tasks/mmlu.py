@@ -19,8 +19,9 @@ MC_TRAIN_NOTE = ("MMLU auxiliary_train is not available offline: serving hub mc_
 
 
 class MMLU(MultipleChoiceTask):
-    def __init__(self, subset: str = "all", split: str = "test", **kwargs):
+    def __init__(self, subset: str = "all", split: str = "test", template: str = "ours", **kwargs):
         super().__init__(**kwargs)
+        self.template = template  # "ours" or "nanochat": which render_mc prompt
         if subset not in SPLITS:
             raise ValueError(f"MMLU subset must be one of {', '.join(SPLITS)}, got {subset!r}")
         if split not in SPLITS[subset]:
@@ -40,4 +41,4 @@ class MMLU(MultipleChoiceTask):
     def get_example(self, index: int) -> dict:
         r = self.records[index]
         subject = r.get("subject") or r.get("source") or ""
-        return mc_conversation(r["question"], r["choices"], int(r["answer"]), subject=subject)
+        return mc_conversation(r["question"], r["choices"], int(r["answer"]), self.template, subject=subject)

@@ -225,3 +225,99 @@ def test_online_bundle_over_loopback_then_local_cache(tmp_path, monkeypatch, cap
     monkeypatch.setattr(core_eval, "BUNDLE_URL", "http://127.0.0.1:9/unreachable.zip")
     assert load_core_tasks("auto")[1:] == ("CORE", f"eval bundle in {base / 'eval_bundle'}")
     assert "CORE tasks: 2 from the eval bundle in" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# nanochat scoring: each of its four differences from dclm, on hand-made items
+
+
+def test_nanochat_span_starts_where_the_choices_differ(tok):
+    items = [{"query": "Item 0 happened, therefore", "choices": ["the cat slept.", "the dog slept."], "gold": 0}]
+    mc = CoreTask("mc", "multiple_choice", 0, " ", 50, items)
+    dclm = tokenize_item(tok, mc, 0, 10_000)
+    assert [tok.decode(ids[s:e]) for ids, s, e in dclm] == [" the cat slept.", " the dog slept."]
+    seqs = tokenize_item(tok, mc, 0, 10_000, scoring="nanochat")
+    (a, start, _), (b, start_b, _) = seqs
+    assert start == start_b > dclm[0][1]  # " the" is shared, so nanochat does not score it
+    assert a[:start] == b[:start] and a[start] != b[start]
+    assert tok.decode(a[:start]).endswith("therefore the") and all(e == len(ids) for ids, _, e in seqs)
+
+    items = [{"context_options": ["Ann called Bob", "Cid called Bob"], "continuation": "at noon.", "gold": 0}]
+    schema = CoreTask("schema", "schema", 0, " ", 50, items)
+    assert {tok.decode(ids[s:e]) for ids, s, e in tokenize_item(tok, schema, 0, 10_000)} == {" at noon."}
+    spans = {tok.decode(ids[s:e]) for ids, s, e in tokenize_item(tok, schema, 0, 10_000, scoring="nanochat")}
+    assert spans == {" called Bob at noon."}  # the common suffix reaches back into the options
+
+
+def test_nanochat_keeps_the_leading_space():
+    items = [{"query": "The dog", "choices": [" runs fast.", " sits still."], "gold": 0}]  # hellaswag style
+    task = CoreTask("hellaswag", "multiple_choice", 0, " ", 25, items)
+    assert render_item(task, 0) == [("The dog", " runs fast."), ("The dog", " sits still.")]
+    assert [c + x for c, x in render_item(task, 0, "nanochat")] == ["The dog  runs fast.", "The dog  sits still."]
+
+
+def test_nanochat_does_not_truncate(tok):
+    t = lm_task()
+    ((ids, start, end),) = tokenize_item(tok, t, 0, max_len=10_000, scoring="nanochat")
+    assert tokenize_item(tok, t, 0, max_len=8, scoring="nanochat") == [(ids, start, end)]
+    assert len(tokenize_item(tok, t, 0, max_len=8)[0][0]) == 8  # dclm drops the oldest tokens
+    assert tok.decode(ids[start:end]) == " mat" and tok.decode(ids[1:start]).endswith("sat on the\nAnswer:")
+
+
+class Recording(Tokenizer):
+    """The real tokenizer, keeping every text it encodes."""
+
+    def __init__(self, enc):
+        super().__init__(enc)
+        self.texts = []
+
+    def encode(self, text, *args, **kwargs):
+        self.texts += [text] if isinstance(text, str) else text
+        return super().encode(text, *args, **kwargs)
+
+
+def test_nanochat_fewshot_from_the_shuffled_cropped_list(tok):
+    import random
+
+    items = [{"query": f"Q{i} is", "choices": [f"a{i}", f"b{i}"], "gold": i % 2} for i in range(10)]
+    task = CoreTask("mc", "multiple_choice", 2, " ", 50, items)
+    rec = Recording(tok.enc)
+    used, predicted = core_eval.predict_task(Bigram(tok.vocab_size), rec, task, "cpu", max_items=4, scoring="nanochat")
+    data = list(items)  # nanochat: shuffle with Random(1337), crop, then draw shots from the cropped list by position
+    random.Random(1337).shuffle(data)
+    data = data[:4]
+    expected = []
+    for idx, item in enumerate(data):
+        shots = [data[j] for j in random.Random(1234 + idx).sample([j for j in range(4) if j != idx], 2)]
+        prefix = "".join(f"{s['query']} {s['choices'][s['gold']]}\n\n" for s in shots)
+        expected += [f"{prefix}{item['query']} {c}" for c in item["choices"]]
+    assert rec.texts == expected
+    assert [items[i] for i in used] == data and predicted == [0, 0, 0, 0]  # a flat model: all tie, first wins
+
+    # 2 items, 2 shots: nanochat's pool holds one other item (nanochat itself crashes), dclm's all ten
+    for scoring, shots in (("nanochat", 1), ("dclm", 2)):
+        rec.texts.clear()
+        assert core_eval.predict_task(Bigram(tok.vocab_size), rec, task, "cpu", max_items=2, scoring=scoring)[1] == [0, 0]
+        prompts = [t for t in rec.texts if "Q" in t]  # dclm encodes the continuations " a0" apart
+        assert len(prompts) == 4 and all(t.count("\n\n") == shots for t in prompts)
+
+
+def test_nanochat_empty_span_and_labels():
+    nan = float("nan")
+    assert core_eval._predict([nan, 1.0], "nanochat") == 0  # min() keeps a leading nan
+    assert core_eval._predict([1.0, nan, 0.5], "nanochat") == 2  # and never picks a later one
+    assert core_eval._predict([nan, 1.0], "dclm") == 1 and core_eval._predict([0.5, 0.5], "dclm") == 0
+    assert core_eval.scored_label("CORE", "dclm") == "CORE"
+    assert core_eval.scored_label("CORE", "nanochat") == "CORE (nanochat scoring)"
+    assert core_eval.scored_label("CORE (offline, 20 tasks)", "nanochat") == "CORE (offline, 20 tasks, nanochat scoring)"
+    with pytest.raises(ValueError, match="scoring must be one of"):
+        core_eval.predict_task(Bigram(8), None, lm_task(), "cpu", scoring="lm-eval")
+
+
+def test_nanochat_scoring_end_to_end_on_the_oracle(tok):
+    """The oracle knows the answers either way; evaluate_core names the scoring in its label."""
+    model = oracle(tok)
+    result = evaluate_core(model, tok, "cpu", tasks=[mc_task(), schema_task(), lm_task()], label="CORE (test, 3 tasks)",
+                           scoring="nanochat")
+    assert result["label"] == "CORE (test, 3 tasks, nanochat scoring)" and result["scoring"] == "nanochat"
+    assert result["tasks"]["schema"]["accuracy"] == 1.0 and result["tasks"]["lm"]["accuracy"] == 0.75

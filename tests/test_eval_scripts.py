@@ -57,6 +57,40 @@ def test_base_eval(eval_base):
     assert float(rows[3]["centered"]) == pytest.approx(sum(float(r["centered"]) for r in rows[:3]) / 3, abs=1e-5)
     section = (eval_base / "report" / "base-model-evaluation.md").read_text()
     assert "## Base model evaluation" in section and "- CORE (offline, 3 tasks): " in section
+    assert "- scoring: dclm" in section and {r["scoring"] for r in rows} == {"dclm"}
+    out = run_script("scripts.base_eval", "-i", "base", "--max-per-task", "4", "--device-type", "cpu", "--dtype", "float32",
+                     "--data-source", "offline", "--scoring", "nanochat", base=eval_base).stdout
+    assert "CORE (offline, 3 tasks, nanochat scoring): " in out and "\nCORE: " not in out
+
+
+def test_base_eval_with_a_bundle_gives_both_scorings(tiny_base_checkpoint, tmp_path):
+    """With the real (here: a local, hand-made) DCLM bundle the report gives CORE under both scorings."""
+    import json
+
+    from _fake_hub import CORE_ITEMS, CORE_META
+
+    for name in ("tokenizer", "base_checkpoints"):
+        (tmp_path / name).symlink_to(tiny_base_checkpoint / name)
+    bundle = tmp_path / "eval_bundle"
+    (bundle / "eval_data").mkdir(parents=True)
+    specs, meta_rows = [], ["Eval Task,Random baseline"]
+    for m in (m for m in CORE_META if m["available"]):
+        (bundle / "eval_data" / f"{m['label']}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CORE_ITEMS[m["label"]]))
+        specs.append({"label": m["label"], "dataset_uri": f"{m['label']}.jsonl", "num_fewshot": [m["num_fewshot"]],
+                      "icl_task_type": m["icl_task_type"], "continuation_delimiter": m["continuation_delimiter"]})
+        meta_rows.append(f"{m['label']},{m['random_baseline']}")
+    (bundle / "core.yaml").write_text(json.dumps({"icl_tasks": specs}))  # JSON is YAML
+    (bundle / "eval_meta_data.csv").write_text("\n".join(meta_rows) + "\n")
+    out = run_script("scripts.base_eval", "--scoring", "nanochat", "--device-type", "cpu", "--dtype", "float32",
+                     base=tmp_path).stdout
+    assert "CORE (nanochat scoring): " in out and "\nCORE: " in out
+    assert out.index("CORE (nanochat scoring): ") < out.index("\nCORE: ")  # --scoring first
+    with open(tmp_path / "base_eval" / "base_d1_step000006.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["task"], r["scoring"]) for r in rows if r["task"].startswith("CORE")] == [
+        ("CORE (nanochat scoring)", "nanochat"), ("CORE", "dclm")]
+    section = (tmp_path / "report" / "base-model-evaluation.md").read_text()
+    assert "- scoring: nanochat, dclm" in section and "- CORE: " in section and "- CORE (nanochat scoring): " in section
 
 
 def test_base_eval_missing_checkpoint_is_one_sentence(eval_base):
@@ -92,6 +126,15 @@ def test_chat_eval_categorical_is_restricted_to_the_letters(letter_c_base):
     # unrestricted argmax would answer " the" everywhere; among the letters "C" wins: golds C A C B / C D A C
     assert "ARC-Easy: 2/4 = 50.00%" in out and "MMLU: 2/4 = 50.00%" in out
     assert "ChatCORE (partial, 2 of 6 tasks): 0.3333" in out
+
+
+def test_chat_eval_nanochat_template_keeps_arc_number_labels(letter_c_base):
+    out = run_script("scripts.chat_eval", "-i", "base", "-a", "ARC-Easy", "--template", "nanochat", "--device-type", "cpu",
+                     "--dtype", "float32", base=letter_c_base).stdout
+    # golds C, A, 3, B: "C" wins among A..E as before, but item 3 offers "1".."4" (all tied: "1")
+    assert "ARC-Easy: 1/4 = 25.00%" in out
+    section = (letter_c_base / "report" / "chat-evaluation-base.md").read_text()
+    assert "- template: nanochat" in section
 
 
 def test_chat_eval_bad_task_name(eval_base):

@@ -30,3 +30,13 @@ def test_sections_summary_and_plots(tmp_path, monkeypatch):
     assert text.index("## Base model evaluation") < text.index("## Chat evaluation sft")
     report.reset()
     assert not list(report.report_dir().glob("*.md"))
+
+
+def test_summary_gives_core_under_both_scorings(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
+    report.reset()
+    report.log_section("Base model evaluation", [{"scoring": "dclm, nanochat"}],
+                       metrics={"CORE": 0.2, "CORE (nanochat scoring)": 0.21})
+    text = report.generate(copy_to=tmp_path / "copy.md").read_text()
+    assert "| CORE | 0.2000 | - | - | - |\n| CORE (nanochat scoring) | 0.2100 | - | - | - |" in text
+    assert "| ChatCORE | - | - | - | - |" in text

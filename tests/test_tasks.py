@@ -48,6 +48,24 @@ def test_render_mc():
         render_mc("q", ["A", "B"], ["x"])
 
 
+def test_render_mc_nanochat_template():
+    text = render_mc("Which is a gas? ", ["A", "B"], ["ice", "steam "], template="nanochat")  # nothing stripped
+    assert text == ("Multiple Choice question: Which is a gas? \n- ice=A\n- steam =B\n\n"
+                    "Respond only with the letter of the correct answer.")
+    with pytest.raises(ValueError, match="template must be one of ours, nanochat"):
+        render_mc("q", ["A"], ["x"], template="mine")
+
+
+def test_nanochat_indices_are_the_hugging_face_seed_42_shuffle():
+    from datasets import Dataset
+
+    from nanochat.chat_metrics import nanochat_indices
+
+    shuffled = Dataset.from_dict({"i": list(range(50))}).shuffle(seed=42)["i"]
+    assert nanochat_indices(50, 7) == shuffled[:7] and nanochat_indices(50, -1) == shuffled
+    assert nanochat_indices(50, 3, shuffled=False) == [0, 1, 2]
+
+
 def test_mc_letters_are_the_prompt_tokens(tiny_world):
     from nanochat.tokenizer import Tokenizer
 
@@ -151,6 +169,11 @@ def test_arc_conversations(hub_base):
     assert task[2]["messages"][0]["content"].splitlines()[2] == "A. one"  # "1".."4" labels become letters
     assert task.evaluate(conv, "C") and task.evaluate(conv, " C\n") and not task.evaluate(conv, "A")
     assert len(ARC("ARC-Challenge", "validation")) == 2
+    nano = ARC("ARC-Easy", "test", template="nanochat")
+    assert nano[0]["messages"][0]["content"].startswith("Multiple Choice question: Which is a gas?\n- ice=A\n")
+    conv = nano[2]  # nanochat keeps the "1".."4" labels
+    assert conv["letters"] == ["1", "2", "3", "4"] and conv["messages"][-1]["content"] == "3"
+    assert "- three=3\n" in conv["messages"][0]["content"] and nano.evaluate(conv, "3")
     with pytest.raises(ValueError, match="subset"):
         ARC("ARC-Medium", "test")
 
@@ -161,6 +184,7 @@ def test_mmlu_and_auxiliary_train(hub_base, capsys):
     assert task[1]["subject"] == "geography" and task[1]["letters"] == list("ABCD")
     assert "Paris" in task[1]["messages"][0]["content"]
     assert len(MMLU("all", "dev")) == 2
+    assert "\n- Paris=D\n" in MMLU("all", "test", template="nanochat")[1]["messages"][0]["content"]
     aux = MMLU("auxiliary_train", "train")
     assert "mc_train" in capsys.readouterr().out
     assert len(aux) == 2 and aux[0]["letters"] == ["A", "B"] and aux[0]["messages"][-1]["content"] == "B"
