@@ -157,7 +157,8 @@ for task in tasks:
         dclm = dict(zip(*predict_task(model, tokenizer, task, "cpu", max_items=args.max_per_task, scoring="dclm")))
         pool = replace(task, items=[task.items[i] for i in items])  # nanochat's shuffled, cropped list
         same_tokens = sum(tokenize_item(tokenizer, pool, pos, model.config.sequence_len, "nanochat")
-                          == reference_sequences(ref_core, tokenizer, task, pool.items, pos) for pos in range(len(items)))
+                          == reference_sequences(ref_core, tokenizer, task, pool.items, pos)
+                          for pos in range(len(items)))
     except (ValueError, AssertionError) as e:  # e.g. a prompt past the rotary table: both refuse it
         print(f"{task.label:34s} skipped: {type(e).__name__}: {str(e)[:120]}")
         rows.append({"task": task.label, "skipped": str(e)[:200]})
@@ -187,4 +188,5 @@ print(f"\n{label} tasks from the {where}: {agreed}/{total} predictions agree ove
 for d in disagreements[:20]:
     print(f"  differs: {d}")
 print(json.dumps({"stage": args.stage, "tasks": len(done), "skipped": len(rows) - len(done), "items": total,
-                  "same_tokens": same, "agree": agreed, "dclm_agree": dclm_agreed, "max_logit_diff": logit_diff, "rows": rows}))
+                  "same_tokens": same, "agree": agreed, "dclm_agree": dclm_agreed, "max_logit_diff": logit_diff,
+                  "rows": rows}))

@@ -70,7 +70,8 @@ def categorical_accuracy(model, tokenizer, task, indices: list[int], batch_size:
 
 
 def sample_completions(engine, tokenizer, prompt: list[int], num_samples: int, max_tokens: int,
-                       temperature: float, top_k: int | None, seed: int) -> tuple[list[list[int]], list[list[int]], list[bool]]:
+                       temperature: float, top_k: int | None,
+                       seed: int) -> tuple[list[list[int]], list[list[int]], list[bool]]:
     """num_samples completions of prompt: (token ids, masks, finished). A finished completion ends with
     <|assistant_end|> (kept, mask 1, so RL can reward stopping); masks are 0 for forced tool output."""
     return sample_many(engine, tokenizer, [prompt], num_samples, max_tokens, temperature, top_k, [seed])[0]

@@ -206,8 +206,10 @@ def reset() -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="nanochat report card")
-    parser.add_argument("command", choices=["reset", "generate"], help="reset: clear sections; generate: write report.md")
-    parser.add_argument("--out", default="report.md", help="where generate copies report.md (the plots stay in the base dir)")
+    parser.add_argument("command", choices=["reset", "generate"],
+                        help="reset: clear sections; generate: write report.md")
+    parser.add_argument("--out", default="report.md",
+                        help="where generate copies report.md (the plots stay in the base dir)")
     args = parser.parse_args()
     if args.command == "reset":
         reset()

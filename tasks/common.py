@@ -22,7 +22,7 @@ import random
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
+from functools import cache
 
 from nanochat.common import get_base_dir, print0
 
@@ -41,7 +41,7 @@ class TaskDataError(RuntimeError):
 # Source resolution
 
 
-@lru_cache(maxsize=None)
+@cache
 def probe_url(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """None if `url`'s server answers a HEAD request (any status below 500), else a short reason.
     Cached per process: one probe per host and run, not one per task."""

@@ -51,7 +51,8 @@ class CustomJSON(Task):
                     errors.append(f"{self.path}:{lineno}: {e}")
         if errors:
             more = f"\n... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
-            raise TaskDataError(f"{len(errors)} bad line(s) in {self.path}:\n" + "\n".join(errors[:MAX_REPORTED]) + more)
+            raise TaskDataError(f"{len(errors)} bad line(s) in {self.path}:\n"
+                                + "\n".join(errors[:MAX_REPORTED]) + more)
         if not self.conversations:
             raise TaskDataError(f"{self.path} has no conversations")
 

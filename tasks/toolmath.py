@@ -23,7 +23,8 @@ THINGS = ["notebooks", "sandwiches", "tickets", "plants"]
 def _packs(r: random.Random) -> tuple[str, str, int]:
     name, item = r.choice(NAMES), r.choice(ITEMS)
     a, b, c = r.randint(2, 60), r.randint(2, 12), r.randint(2, 25)
-    q = f"{name} has {a} {item}. Then {name} buys {b} packs with {c} {item} in each. How many {item} does {name} have now?"
+    q = (f"{name} has {a} {item}. Then {name} buys {b} packs with {c} {item} in each. "
+         f"How many {item} does {name} have now?")
     s = (f"The packs hold {b} * {c} = <<{b}*{c}={b * c}>>{b * c} {item}.\n"
          f"So {name} has {a} + {b * c} = <<{a}+{b * c}={a + b * c}>>{a + b * c} {item}.\n#### {a + b * c}")
     return q, s, a + b * c
@@ -63,7 +64,8 @@ def _discount(r: random.Random) -> tuple[str, str, int]:
     off = price * pct // 100
     q = f"A jacket costs ${price}. It is on sale for {pct}% off. What is the sale price in dollars?"
     s = (f"The discount is {price} * {pct} / 100 = <<{price}*{pct}/100={off}>>{off} dollars.\n"
-         f"The sale price is {price} - {off} = <<{price}-{off}={price - off}>>{price - off} dollars.\n#### {price - off}")
+         f"The sale price is {price} - {off} = <<{price}-{off}={price - off}>>{price - off} dollars.\n"
+         f"#### {price - off}")
     return q, s, price - off
 
 

@@ -49,7 +49,8 @@ def schema_task():
 
 
 def lm_task():
-    items = [{"context": f"  The dog {i} sat on the ", "continuation": c} for i, c in enumerate(["mat", "mat", "rug", "mat"])]
+    items = [{"context": f"  The dog {i} sat on the ", "continuation": c}
+             for i, c in enumerate(["mat", "mat", "rug", "mat"])]
     return CoreTask("lm", "language_modeling", 1, "\nAnswer: ", 0, items)
 
 
@@ -169,10 +170,12 @@ def test_offline_tasks_from_the_hub(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(tasks.common, "probe_url", lambda url: f"{url} unreachable: test")
     core_tasks, label, where = load_core_tasks("auto")
-    assert label == "CORE (offline, 3 tasks)" and [t.label for t in core_tasks] == ["copa", "winogrande", "lambada_openai"]
+    assert label == "CORE (offline, 3 tasks)"
+    assert [t.label for t in core_tasks] == ["copa", "winogrande", "lambada_openai"]
     assert "unreachable: test" in where and "not the published CORE" in capsys.readouterr().out
     copa = core_tasks[0]
-    assert (copa.icl_task_type, copa.num_fewshot, copa.random_baseline, len(copa.items)) == ("multiple_choice", 0, 50, 6)
+    summary = (copa.icl_task_type, copa.num_fewshot, copa.random_baseline, len(copa.items))
+    assert summary == ("multiple_choice", 0, 50, 6)
     with pytest.raises(ValueError, match="source must be"):
         load_core_tasks("sometimes")
 
@@ -192,7 +195,8 @@ def _bundle_zip(path):
         zf.writestr("eval_bundle/core.yaml", core_yaml)
         zf.writestr("eval_bundle/eval_meta_data.csv", meta_csv)
         zf.writestr("eval_bundle/eval_data/commonsense_reasoning/copa.jsonl",
-                    json.dumps({"query": "It rained, therefore", "choices": ["we got wet.", "we flew."], "gold": 0}) + "\n")
+                    json.dumps({"query": "It rained, therefore", "choices": ["we got wet.", "we flew."],
+                                "gold": 0}) + "\n")
         zf.writestr("eval_bundle/eval_data/language_understanding/lambada_openai.jsonl",
                     json.dumps({"context": "He opened the", "continuation": "door"}) + "\n")
 
@@ -297,7 +301,8 @@ def test_nanochat_fewshot_from_the_shuffled_cropped_list(tok):
     # 2 items, 2 shots: nanochat's pool holds one other item (nanochat itself crashes), dclm's all ten
     for scoring, shots in (("nanochat", 1), ("dclm", 2)):
         rec.texts.clear()
-        assert core_eval.predict_task(Bigram(tok.vocab_size), rec, task, "cpu", max_items=2, scoring=scoring)[1] == [0, 0]
+        predictions = core_eval.predict_task(Bigram(tok.vocab_size), rec, task, "cpu", max_items=2, scoring=scoring)[1]
+        assert predictions == [0, 0]
         prompts = [t for t in rec.texts if "Q" in t]  # dclm encodes the continuations " a0" apart
         assert len(prompts) == 4 and all(t.count("\n\n") == shots for t in prompts)
 
@@ -309,7 +314,8 @@ def test_nanochat_empty_span_and_labels():
     assert core_eval._predict([nan, 1.0], "dclm") == 1 and core_eval._predict([0.5, 0.5], "dclm") == 0
     assert core_eval.scored_label("CORE", "dclm") == "CORE"
     assert core_eval.scored_label("CORE", "nanochat") == "CORE (nanochat scoring)"
-    assert core_eval.scored_label("CORE (offline, 20 tasks)", "nanochat") == "CORE (offline, 20 tasks, nanochat scoring)"
+    label = core_eval.scored_label("CORE (offline, 20 tasks)", "nanochat")
+    assert label == "CORE (offline, 20 tasks, nanochat scoring)"
     with pytest.raises(ValueError, match="scoring must be one of"):
         core_eval.predict_task(Bigram(8), None, lm_task(), "cpu", scoring="lm-eval")
 

@@ -44,8 +44,8 @@ def letter_c_base(tiny_world, tmp_path_factory):
 
 
 def test_base_eval(eval_base):
-    out = run_script("scripts.base_eval", "-i", "base", "--max-per-task", "4", "--device-type", "cpu", "--dtype", "float32",
-                     "--data-source", "offline", base=eval_base).stdout
+    out = run_script("scripts.base_eval", "-i", "base", "--max-per-task", "4", "--device-type", "cpu",
+                     "--dtype", "float32", "--data-source", "offline", base=eval_base).stdout
     assert "CORE (offline, 3 tasks): " in out
     with open(eval_base / "base_eval" / "base_d1_step000006.csv") as f:
         rows = list(csv.DictReader(f))
@@ -58,8 +58,8 @@ def test_base_eval(eval_base):
     section = (eval_base / "report" / "base-model-evaluation.md").read_text()
     assert "## Base model evaluation" in section and "- CORE (offline, 3 tasks): " in section
     assert "- scoring: dclm" in section and {r["scoring"] for r in rows} == {"dclm"}
-    out = run_script("scripts.base_eval", "-i", "base", "--max-per-task", "4", "--device-type", "cpu", "--dtype", "float32",
-                     "--data-source", "offline", "--scoring", "nanochat", base=eval_base).stdout
+    out = run_script("scripts.base_eval", "-i", "base", "--max-per-task", "4", "--device-type", "cpu",
+                     "--dtype", "float32", "--data-source", "offline", "--scoring", "nanochat", base=eval_base).stdout
     assert "CORE (offline, 3 tasks, nanochat scoring): " in out and "\nCORE: " not in out
 
 
@@ -75,7 +75,8 @@ def test_base_eval_with_a_bundle_gives_both_scorings(tiny_base_checkpoint, tmp_p
     (bundle / "eval_data").mkdir(parents=True)
     specs, meta_rows = [], ["Eval Task,Random baseline"]
     for m in (m for m in CORE_META if m["available"]):
-        (bundle / "eval_data" / f"{m['label']}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CORE_ITEMS[m["label"]]))
+        lines = "".join(json.dumps(r) + "\n" for r in CORE_ITEMS[m["label"]])
+        (bundle / "eval_data" / f"{m['label']}.jsonl").write_text(lines)
         specs.append({"label": m["label"], "dataset_uri": f"{m['label']}.jsonl", "num_fewshot": [m["num_fewshot"]],
                       "icl_task_type": m["icl_task_type"], "continuation_delimiter": m["continuation_delimiter"]})
         meta_rows.append(f"{m['label']},{m['random_baseline']}")
@@ -129,8 +130,8 @@ def test_chat_eval_categorical_is_restricted_to_the_letters(letter_c_base):
 
 
 def test_chat_eval_nanochat_template_keeps_arc_number_labels(letter_c_base):
-    out = run_script("scripts.chat_eval", "-i", "base", "-a", "ARC-Easy", "--template", "nanochat", "--device-type", "cpu",
-                     "--dtype", "float32", base=letter_c_base).stdout
+    out = run_script("scripts.chat_eval", "-i", "base", "-a", "ARC-Easy", "--template", "nanochat",
+                     "--device-type", "cpu", "--dtype", "float32", "--report", base=letter_c_base).stdout
     # golds C, A, 3, B: "C" wins among A..E as before, but item 3 offers "1".."4" (all tied: "1")
     assert "ARC-Easy: 1/4 = 25.00%" in out
     section = (letter_c_base / "report" / "chat-evaluation-base.md").read_text()
@@ -149,12 +150,14 @@ def test_eval_scripts_under_torchrun(eval_base):
     double = run_script("scripts.chat_eval", "-i", "base", "-a", "ARC-Easy|MMLU|SpellingBee", "-x", "4", "-m", "8",
                         "--device-type", "cpu", "--dtype", "float32", base=eval_base, nproc=2).stdout
     def scores(out: str) -> list[str]:  # "ARC-Easy: 1/4 = 25.00%" without the timing
-        return [line.split(" (")[0] for line in out.splitlines() if line.startswith(("ARC-Easy:", "MMLU:", "SpellingBee:"))]
+        return [line.split(" (")[0] for line in out.splitlines()
+                if line.startswith(("ARC-Easy:", "MMLU:", "SpellingBee:"))]
 
     assert scores(single) == scores(double) and len(scores(single)) == 3
 
     csv_path = eval_base / "base_eval" / "base_d1_step000006.csv"
-    args = ("-i", "base", "--max-per-task", "5", "--device-type", "cpu", "--dtype", "float32", "--data-source", "offline")
+    args = ("-i", "base", "--max-per-task", "5", "--device-type", "cpu", "--dtype", "float32",
+            "--data-source", "offline")
     run_script("scripts.base_eval", *args, base=eval_base)
     one = csv_path.read_text()
     run_script("scripts.base_eval", *args, base=eval_base, nproc=2)

@@ -101,7 +101,8 @@ def test_mixture_is_deterministic_and_oversamples():
 
 
 def test_completion_text():
-    parts = [{"type": "text", "text": "x = "}, {"type": "python", "text": "1+1"}, {"type": "python_output", "text": "2"}]
+    parts = [{"type": "text", "text": "x = "}, {"type": "python", "text": "1+1"},
+             {"type": "python_output", "text": "2"}]
     assert completion_text(parts) == "x = 1+12"
     assert completion_text({"role": "assistant", "content": "hi"}) == "hi"
 
@@ -111,7 +112,8 @@ def test_completion_text():
 
 
 def test_offline_source_says_so(hub_base, capsys):
-    records, source = load_task_records("ARC-Easy test", ("allenai/ai2_arc", "ARC-Easy", "test"), [("arc_easy", "test")])
+    records, source = load_task_records("ARC-Easy test", ("allenai/ai2_arc", "ARC-Easy", "test"),
+                                        [("arc_easy", "test")])
     assert source == "offline" and records == ARC_TEST
     assert "records from the offline hub (arc_easy/test; HF_HUB_OFFLINE is set)" in capsys.readouterr().out
 
@@ -264,7 +266,8 @@ def test_smoltalk_offline_split(hub_base, capsys):
     train, test = SmolTalk("train"), SmolTalk("test")
     assert len(train) + len(test) == 100 and len(test) == 2
     assert "chitchat" in capsys.readouterr().out
-    assert test[0]["messages"][0]["content"] == "chat question 0" and test[1]["messages"][0]["content"] == "chat question 50"
+    assert test[0]["messages"][0]["content"] == "chat question 0"
+    assert test[1]["messages"][0]["content"] == "chat question 50"
     assert train[0]["messages"][1] == {"role": "assistant", "content": "chat answer 1"}
 
 
