@@ -34,6 +34,7 @@ nanochat/serving.py; this script loads and runs it.
 """
 
 import os
+import socket
 
 import torch
 import uvicorn
@@ -86,6 +87,17 @@ else:
     devices = [torch.device(device_type)]
 setup_logging(args.log_level.upper())
 
+# Bind the port first: one in use is one sentence before anything loads, and "serving at" below is
+# printed only once the socket listens.
+sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    sock.bind((args.host, args.port))
+    sock.listen(2048)
+except OSError as e:
+    raise SystemExit(f"chat_web: cannot listen on {args.host}:{args.port} ({e.strerror or e}): "
+                     "stop whatever uses that port or pick another with --port") from None
+
 # -------------------------------------------------------------------------------------------------
 # Resolve the checkpoint now, so a missing one is reported before the server starts; the weights
 # load after start-up, while /health answers 503.
@@ -128,7 +140,9 @@ settings = ServerSettings(
 )
 app = create_app(settings, load_replicas)
 print0(f"chat_web: {model_name} on {len(devices)} {device_type} replica(s), {args.slots} slots each, "
-       f"queue {args.queue_size}, API key {'required' if settings.api_key else 'off'}: http://{args.host}:{args.port}/")
+       f"queue {args.queue_size}, API key {'required' if settings.api_key else 'off'}: "
+       f"serving at http://{args.host}:{args.port}/")
 
 # -------------------------------------------------------------------------------------------------
-uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+server.run(sockets=[sock])

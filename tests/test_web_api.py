@@ -584,3 +584,21 @@ def test_parse_defaults_and_limits(tiny):
                                                              "<|assistant_start|>")]
     with pytest.raises(RequestError):
         parse_chat_request({"messages": [USER], "temperature": math.inf}, tokenizer, ctx, SamplingDefaults())
+
+
+def test_port_in_use_is_one_sentence(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        env = {"PATH": "/usr/bin:/bin", "NANOCHAT_BASE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-m", "scripts.chat_web", "--device-type=cpu", f"--port={port}"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == (f"chat_web: cannot listen on 127.0.0.1:{port} (Address already in use): "
+                                   "stop whatever uses that port or pick another with --port")
