@@ -30,7 +30,8 @@ waits longer than --queue-timeout, gets 503 with Retry-After. On CUDA the decode
 and captured in CUDA graphs. POST bodies must be sent as application/json (415 otherwise). Bound to
 loopback (the default), the server answers only requests whose Host is localhost, 127.0.0.1 or
 [::1]; with --host=0.0.0.0 or a network address it answers any. The machinery lives in
-nanochat/serving.py; this script loads and runs it.
+nanochat/serving.py (the app), nanochat/worker_pool.py and nanochat/openai_api.py; this
+script loads and runs it.
 """
 
 import os
@@ -42,8 +43,8 @@ import uvicorn
 from nanochat.checkpoint_manager import (CheckpointError, find_model_tag, last_step, load_model, read_meta, stage_dir,
                                          step_dir)
 from nanochat.common import ScriptParser, autodetect_device_type, print0, setup_logging
-from nanochat.serving import (LOOPBACK_HOSTS, TEMPERATURE_MAX, TOP_K_MAX, SamplingDefaults, ServerSettings, create_app,
-                              host_name)
+from nanochat.openai_api import TEMPERATURE_MAX, TOP_K_MAX, SamplingDefaults
+from nanochat.serving import LOOPBACK_HOSTS, ServerSettings, create_app, host_name
 from nanochat.training import precision
 
 # -------------------------------------------------------------------------------------------------

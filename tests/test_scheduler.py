@@ -125,7 +125,8 @@ def test_submit_checks_its_arguments(tok):
 def test_worker_pool_batches_concurrent_requests_and_cancels(tok):
     import asyncio
 
-    from nanochat.serving import ChatRequest, Metrics, WorkerPool
+    from nanochat.openai_api import ChatRequest
+    from nanochat.worker_pool import Metrics, WorkerPool
 
     model = build(tok)
     steps_with = []  # how many rows each decode step carried

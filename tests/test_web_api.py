@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 
 from _http import (USER, ScriptedEngine, byte_tokens, call, chat, chat_web, check_stream, load_tiny, metric,
                    scripted_tokens, serve, sse_frames, wait_ready, wait_until)
-from nanochat.serving import (MAX_BODY_BYTES, MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_TOTAL_CHARS, SamplingDefaults,
-                              ServerSettings, TextAssembler, create_app)
+from nanochat.openai_api import MAX_BODY_BYTES, MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_TOTAL_CHARS, SamplingDefaults
+from nanochat.serving import ServerSettings, create_app
+from nanochat.worker_pool import TextAssembler
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +315,7 @@ def test_long_conversation_leaves_out_the_oldest_turns(server):
 
 
 def test_fit_conversation_keeps_system_and_last_turn(tiny):
-    from nanochat.serving import fit_conversation
+    from nanochat.openai_api import fit_conversation
 
     _, tokenizer = tiny
     messages = long_conversation(6)
@@ -568,7 +569,7 @@ def test_text_assembler_stop_strings(tiny):
 
 
 def test_parse_defaults_and_limits(tiny):
-    from nanochat.serving import RequestError, parse_chat_request
+    from nanochat.openai_api import RequestError, parse_chat_request
 
     model, tokenizer = tiny
     ctx = model.config.sequence_len

@@ -13,7 +13,8 @@ import pytest
 from _browser import Browser, needs_chromium, run_chromium
 from _http import ScriptedEngine, chat_web, load_tiny, metric, serve
 from conftest import REPO
-from nanochat.serving import SamplingDefaults, ServerSettings, create_app
+from nanochat.openai_api import SamplingDefaults
+from nanochat.serving import ServerSettings, create_app
 
 UI_PATH = REPO / "nanochat" / "ui.html"
 
